@@ -1,0 +1,222 @@
+"""Llama / Qwen2 decoder as pure functions over a params pytree.
+
+Layers are stacked on a leading L axis and the forward is one `lax.scan` over them, so
+compile time does not grow with depth. Weights keep their head axes ([D, N, Hd]) so the
+sharding rules can split heads without reshapes. Dtype policy: params and the residual
+stream use the params dtype (bfloat16 on accelerators); RMSNorm statistics, RoPE,
+attention softmax and the logits are float32.
+
+Attention masks are boolean "key is a real token" masks; padding is on the left, and
+positions come from the caller (`positions_from_mask`), which is what makes a
+left-padded row produce the same logits as the unpadded sequence.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from grpo_core.models.config import ModelConfig
+
+# Finite instead of -inf so a fully masked row (a pad query) gives uniform weights, not NaN.
+_MASK_VALUE = -1e30
+
+
+class KVCache(NamedTuple):
+    """Preallocated key/value cache. k, v: [L, B, S, Nkv, Hd]; mask: [B, S] bool (slot holds a real token)."""
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+
+
+def init_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """Empty cache for `batch` rows of up to `max_len` tokens (prompt + completion)."""
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), bool))
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """Shape of every param leaf, same tree as `init_params`."""
+    L, D, F, V = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    Nq, Nkv, Hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    layers = {
+        "attn_norm": (L, D), "wq": (L, D, Nq, Hd), "wk": (L, D, Nkv, Hd), "wv": (L, D, Nkv, Hd),
+        "wo": (L, Nq, Hd, D), "mlp_norm": (L, D), "w_gate": (L, D, F), "w_up": (L, D, F), "w_down": (L, F, D),
+    }
+    if cfg.attention_bias:
+        layers.update(bq=(L, Nq, Hd), bk=(L, Nkv, Hd), bv=(L, Nkv, Hd))
+    shapes = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes
+
+
+def param_logical_axes(cfg: ModelConfig) -> dict:
+    """Logical axis names of every param leaf (same tree as the params); see grpo_core.sharding."""
+    names = {
+        "embed": ("vocab", "embed"), "final_norm": ("embed",), "lm_head": ("embed", "vocab"),
+        "attn_norm": ("layers", "embed"), "mlp_norm": ("layers", "embed"),
+        "wq": ("layers", "embed", "q_heads", "head_dim"), "wk": ("layers", "embed", "kv_heads", "head_dim"),
+        "wv": ("layers", "embed", "kv_heads", "head_dim"), "wo": ("layers", "q_heads", "head_dim", "embed"),
+        "bq": ("layers", "q_heads", "head_dim"), "bk": ("layers", "kv_heads", "head_dim"),
+        "bv": ("layers", "kv_heads", "head_dim"),
+        "w_gate": ("layers", "embed", "mlp"), "w_up": ("layers", "embed", "mlp"), "w_down": ("layers", "mlp", "embed"),
+    }
+    shapes = param_shapes(cfg)
+    tree = {k: names[k] for k in shapes if k != "layers"}
+    tree["layers"] = {k: names[k] for k in shapes["layers"]}
+    return tree
+
+
+KV_CACHE_AXES = KVCache(
+    k=("layers", "batch", "seq", "kv_heads", "head_dim"),
+    v=("layers", "batch", "seq", "kv_heads", "head_dim"),
+    mask=("batch", "seq"),
+)
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32) -> dict:
+    """Random params (normal, std 0.02; norms at 1, biases at 0) in `dtype`."""
+    shapes = param_shapes(cfg)
+    flat, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(flat))
+    leaves = []
+    for (path, shape), k in zip(flat, keys):
+        name = path[-1].key
+        if name.endswith("norm"):
+            leaves.append(jnp.ones(shape, dtype))
+        elif name.startswith("b"):
+            leaves.append(jnp.zeros(shape, dtype))
+        else:
+            leaves.append((0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def positions_from_mask(mask_bt: jax.Array) -> jax.Array:
+    """Positions [B, T] int32 for left-padded rows: 0 at the first real token; pads get 0."""
+    return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the last axis with float32 statistics; returns x's dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype) * w.astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, half-split layout (HF Llama). x: [B, T, N, Hd]; positions_bt: [B, T]."""
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+    angles = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
+    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention(q, k, v, allowed_bts) -> jax.Array:
+    """Grouped-query attention. q: [B, T, Nq, Hd]; k, v: [B, S, Nkv, Hd]; allowed_bts: [B, T, S] bool.
+
+    Returns [B, T, Nq, Hd]. Query heads are grouped onto their shared kv head by a reshape,
+    so k/v are never repeated in memory.
+    """
+    B, T, Nq, Hd = q.shape
+    Nkv = k.shape[2]
+    qg = q.reshape(B, T, Nkv, Nq // Nkv, Hd)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(Hd)
+    scores = jnp.where(allowed_bts[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(B, T, Nq, Hd)
+
+
+def _project_qkv(p: dict, x: jax.Array, positions_bt: jax.Array, cfg: ModelConfig):
+    """x: [B, T, D] -> q [B, T, Nq, Hd], k, v [B, T, Nkv, Hd] with RoPE applied to q and k."""
+    q = jnp.einsum("btd,dnh->btnh", x, p["wq"])
+    k = jnp.einsum("btd,dnh->btnh", x, p["wk"])
+    v = jnp.einsum("btd,dnh->btnh", x, p["wv"])
+    if cfg.attention_bias:
+        q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
+    return apply_rope(q, positions_bt, cfg.rope_theta), apply_rope(k, positions_bt, cfg.rope_theta), v
+
+
+def _mlp(p: dict, x: jax.Array) -> jax.Array:
+    gate = jnp.einsum("btd,df->btf", x, p["w_gate"])
+    up = jnp.einsum("btd,df->btf", x, p["w_up"])
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"])
+
+
+def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, kv):
+    """One decoder block. h: [B, T, D]; kv: None (no cache) or (k_all, v_all, layer, cache_pos).
+
+    With a cache the new keys/values are written into slots [cache_pos, cache_pos+T) of the
+    full [L, B, S, Nkv, Hd] buffers in place (dynamic_update_slice), so a decode step writes
+    only its own token instead of copying the cache.
+    """
+    x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
+    q, k, v = _project_qkv(p, x, positions_bt, cfg)
+    if kv is not None:
+        k_all, v_all, layer, pos = kv
+        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, pos, 0, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, pos, 0, 0))
+        k, v = k_all[layer], v_all[layer]
+        kv = (k_all, v_all)
+    attn = attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed_bts)
+    h = h + jnp.einsum("btnh,nhd->btd", attn, p["wo"])
+    h = h + _mlp(p, rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps))
+    return h, kv
+
+
+def _allowed(key_mask_bs: jax.Array, q_slots: int, offset) -> jax.Array:
+    """[B, T, S] bool: key slot s is real and not after query slot offset + t (causal)."""
+    S = key_mask_bs.shape[1]
+    causal = jnp.arange(S)[None, :] <= (offset + jnp.arange(q_slots))[:, None]
+    return key_mask_bs[:, None, :] & causal[None]
+
+
+def logits_from_hidden(params: dict, h_btd: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Final norm + LM head; float32 logits [B, T, V] (tied head uses embed.T)."""
+    h = rms_norm(h_btd, params["final_norm"], cfg.rms_norm_eps)
+    if cfg.tie_word_embeddings:
+        return jnp.einsum("btd,vd->btv", h, params["embed"], preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", h, params["lm_head"], preferred_element_type=jnp.float32)
+
+
+def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=None,
+            kv_cache: KVCache | None = None, cache_pos=None, remat: bool = False,
+            return_hidden: bool = False):
+    """Run the decoder.
+
+    tokens_bt, positions_bt: [B, T] int; attn_mask_bt: [B, T] bool (False = left pad; default
+    all True). Without a cache, attention is causal over these T tokens. With `kv_cache`, the
+    T tokens occupy cache slots [cache_pos, cache_pos+T) (cache_pos: int scalar, the same for
+    all rows because prompts are left-padded to a common length) and attend to every earlier
+    real slot. Returns (logits [B, T, V] float32, updated KVCache or None); with
+    `return_hidden` the first item is the final hidden state [B, T, D] before the norm.
+    `remat` recomputes each layer in the backward pass (jax.checkpoint) to save memory.
+    """
+    B, T = tokens_bt.shape
+    mask = jnp.ones((B, T), bool) if attn_mask_bt is None else attn_mask_bt.astype(bool)
+    h = params["embed"][tokens_bt]
+    if kv_cache is None:
+        allowed, kv = _allowed(mask, T, 0), None
+    else:
+        key_mask = jax.lax.dynamic_update_slice(kv_cache.mask, mask, (0, cache_pos))
+        allowed, kv = _allowed(key_mask, T, cache_pos), (kv_cache.k, kv_cache.v)
+
+    def body(carry, xs):
+        h, kv = carry
+        p, layer = xs
+        h, kv = _layer(cfg, h, p, positions_bt, allowed, None if kv is None else (*kv, layer, cache_pos))
+        return (h, kv), None
+
+    if remat:
+        body = jax.checkpoint(body)
+    layer_ids = jnp.arange(cfg.num_hidden_layers)
+    (h, kv), _ = jax.lax.scan(body, (h, kv), (params["layers"], layer_ids))
+    new_cache = None if kv_cache is None else KVCache(kv[0], kv[1], key_mask)
+    if return_hidden:
+        return h, new_cache
+    return logits_from_hidden(params, h, cfg), new_cache

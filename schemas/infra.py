@@ -1,0 +1,51 @@
+"""`mesh:`, `checkpoint:`, `logging:` and `eval:` sections."""
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import Section
+
+
+class MeshShape(Section):
+    dp: int = Field(1, ge=1, description="Data-parallel axis (replicated params, split batch).")
+    fsdp: int = Field(1, ge=1, description="Fully-sharded data-parallel axis (params and batch split).")
+    tp: int = Field(1, ge=1, description="Tensor-parallel axis (heads / MLP split).")
+
+
+class MeshSection(Section):
+    shape: Literal["auto"] | MeshShape = Field(
+        "auto",
+        description="'auto' = dp across processes, fsdp across the devices of each process; or "
+        "explicit {dp, fsdp, tp} whose product equals the device count.",
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Required JAX process count; the run fails fast when fewer join. null = whatever starts."
+    )
+    coordinator_address: str | None = Field(
+        None, description="host:port of process 0 for jax.distributed.initialize; null = auto (TPU) or single process."
+    )
+    process_id: int | None = Field(None, ge=0, description="This process's id when not auto-detected.")
+    init_timeout_s: int = Field(300, ge=5, le=3600, description="Seconds to wait for all processes to join.")
+
+
+class CheckpointSection(Section):
+    every_steps: int = Field(1, ge=1, description="Save params, optimizer state, data position and PRNG state every N steps.")
+    keep: int = Field(2, ge=1, le=1000, description="Newest checkpoints kept on disk.")
+
+
+class WandbSection(Section):
+    mode: Literal["online", "offline", "disabled"] = Field("disabled", description="W&B mode (process 0 only).")
+    project: str = Field("grpo-flows", min_length=1, description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team); null = the key's default.")
+    run_name: str | None = Field(None, description="W&B run name; null = the run directory's name.")
+
+
+class LoggingSection(Section):
+    wandb: WandbSection = Field(default_factory=WandbSection, description="Weights & Biases (API key from WANDB_API_KEY or a Prefect Secret, never config).")
+    progress_bar: bool = Field(True, description="Show a progress bar in the CLI.")
+
+
+class EvalSection(Section):
+    every_steps: int = Field(0, ge=0, description="Greedy accuracy on held-out prompts every N steps; 0 = off.")
+    num_prompts: int = Field(32, ge=1, le=100_000, description="Held-out prompts per eval (at most data.num_eval).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Eval sampled length; null = rollout.max_new_tokens.")

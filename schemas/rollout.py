@@ -1,0 +1,21 @@
+"""`rollout:` section. Batch semantics are GLOBAL: see DESIGN.md "Batch semantics"."""
+from pydantic import Field
+
+from schemas.base import Section
+
+
+class RolloutSection(Section):
+    batch_size: int = Field(
+        8, ge=1, le=65536, description="GLOBAL prompts per training step, across all processes."
+    )
+    n: int = Field(4, ge=1, le=1024, description="Completions sampled per prompt (the GRPO group size).")
+    max_new_tokens: int = Field(128, ge=1, le=32768, description="Sampled tokens per completion at most.")
+    max_prompt_tokens: int = Field(256, ge=1, le=131072, description="Prompt tokens at most; longer prompts are cut from the left.")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
+    allow_padding: bool = Field(
+        False,
+        description="When the batch does not divide across processes/devices, pad it up (and log "
+        "the padded numbers) instead of failing.",
+    )
