@@ -196,5 +196,4 @@ def convert_gguf(gguf_path: str | Path, dest: str | Path, progress: Progress | N
     dest = Path(dest)
     save_hf_state(state, ModelConfig.from_hf(config), dest, tokenizer=tokenizer)
     (dest / "generation_config.json").write_text(json.dumps(generation_config_from_gguf(config), indent=2) + "\n")
-    say(f"wrote {dest}")
     return dest
