@@ -151,14 +151,14 @@ def _sharded_leaf(tensors, name, shape, sharding, stacked: bool, np_dtype) -> ja
 
 def _load_sharded(cfg: ModelConfig, tensors: SafetensorsDir, np_dtype, mesh) -> dict:
     """Params pytree of global arrays sharded over `mesh` by the logical-axis rules."""
-    from grpo_core.sharding import logical_to_spec
+    from grpo_core.sharding import named_sharding
 
     shapes, axes = param_shapes(cfg), param_logical_axes(cfg)
 
     def leaf(name, stacked):
         shape = (shapes["layers"] if stacked else shapes)[name]
         names = (axes["layers"] if stacked else axes)[name]
-        sharding = jax.sharding.NamedSharding(mesh, logical_to_spec(names))
+        sharding = named_sharding(mesh, names, shape)
         return _sharded_leaf(tensors, name, shape, sharding, stacked, np_dtype)
 
     params = {name: leaf(name, False) for name in shapes if name != "layers"}
