@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from grpo_core.models.config import ModelConfig
+from grpo_core.sharding import constrain
 
 # Finite instead of -inf so a fully masked row (a pad query) gives uniform weights, not NaN.
 _MASK_VALUE = -1e30
@@ -186,7 +187,7 @@ def logits_from_hidden(params: dict, h_btd: jax.Array, cfg: ModelConfig) -> jax.
 
 def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=None,
             kv_cache: KVCache | None = None, cache_pos=None, remat: bool = False,
-            return_hidden: bool = False):
+            return_hidden: bool = False, mesh=None):
     """Run the decoder.
 
     tokens_bt, positions_bt: [B, T] int; attn_mask_bt: [B, T] bool (False = left pad; default
@@ -196,10 +197,12 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
     real slot. Returns (logits [B, T, V] float32, updated KVCache or None); with
     `return_hidden` the first item is the final hidden state [B, T, D] before the norm.
     `remat` recomputes each layer in the backward pass (jax.checkpoint) to save memory.
+    `mesh` (static) pins the residual stream to the batch sharding of the rules table, so
+    XLA's propagation cannot pick a worse layout between layers.
     """
     B, T = tokens_bt.shape
     mask = jnp.ones((B, T), bool) if attn_mask_bt is None else attn_mask_bt.astype(bool)
-    h = params["embed"][tokens_bt]
+    h = constrain(params["embed"][tokens_bt], ("batch", "seq", None), mesh)
     if kv_cache is None:
         allowed, kv = _allowed(mask, T, 0), None
     else:
@@ -210,7 +213,7 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
         h, kv = carry
         p, layer = xs
         h, kv = _layer(cfg, h, p, positions_bt, allowed, None if kv is None else (*kv, layer, cache_pos))
-        return (h, kv), None
+        return (constrain(h, ("batch", "seq", None), mesh), kv), None
 
     if remat:
         body = jax.checkpoint(body)
@@ -219,4 +222,4 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
     new_cache = None if kv_cache is None else KVCache(kv[0], kv[1], key_mask)
     if return_hidden:
         return h, new_cache
-    return logits_from_hidden(params, h, cfg), new_cache
+    return constrain(logits_from_hidden(params, h, cfg), ("batch", "seq", "vocab"), mesh), new_cache

@@ -16,10 +16,19 @@ from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import forward, positions_from_mask
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _logits(params, tokens_bt, mask_bt, cfg: ModelConfig):
-    logits, _ = forward(params, tokens_bt, cfg, positions_bt=positions_from_mask(mask_bt), attn_mask_bt=mask_bt)
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
+def _logits(params, tokens_bt, mask_bt, cfg: ModelConfig, mesh):
+    logits, _ = forward(params, tokens_bt, cfg, positions_bt=positions_from_mask(mask_bt), attn_mask_bt=mask_bt,
+                        mesh=mesh)
     return logits
+
+
+def params_mesh(params) -> jax.sharding.Mesh | None:
+    """The mesh the params are sharded over (None for single-device params)."""
+    sharding = getattr(params["embed"], "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+        return sharding.mesh
+    return None
 
 
 class Model:
@@ -29,6 +38,11 @@ class Model:
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
+
+    @property
+    def mesh(self) -> jax.sharding.Mesh | None:
+        """Mesh of the params (set by `grpo_core.sharding.shard_params`), or None."""
+        return params_mesh(self.params)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -47,6 +61,11 @@ class Model:
 
         Positions count real tokens only, so a left-padded row matches its unpadded logits.
         """
-        tokens = jnp.asarray(np.asarray(input_ids), jnp.int32)
-        mask = jnp.ones(tokens.shape, bool) if attention_mask is None else jnp.asarray(np.asarray(attention_mask), bool)
-        return _logits(self.params, tokens, mask, self.config)
+        tokens = _as_array(input_ids).astype(jnp.int32)
+        mask = jnp.ones(tokens.shape, bool) if attention_mask is None else _as_array(attention_mask).astype(bool)
+        return _logits(self.params, tokens, mask, self.config, self.mesh)
+
+
+def _as_array(x) -> jax.Array:
+    """Keep jax arrays (and their sharding) as they are; move host data to the default device."""
+    return x if isinstance(x, jax.Array) else jnp.asarray(np.asarray(x))
