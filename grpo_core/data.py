@@ -106,7 +106,8 @@ def _one_problem(rng: random.Random, difficulty: int) -> dict:
         fields = dict(p=pronoun, P=pronoun.capitalize(), o=obj, f=friend, F=friend.capitalize(), b=b, things=things)
         question.append(asks.format(**fields))
         expression = f"{value}{symbol}{b}"
-        answer.append(f"{tells.format(**fields)}, {pronoun} has {expression}=<<{expression}={result}>>{result} {things}.")
+        worked = f"{expression}=<<{expression}={result}>>{result}"  # GSM8K's calculator annotation
+        answer.append(f"{tells.format(**fields)}, {pronoun} has {worked} {things}.")
         value = result
     question.append(f"How many {things} does {name} have now?")
     answer.append(f"#### {value}")

@@ -64,7 +64,9 @@ def test_ground_truth_strips_commas_and_takes_the_last_marker():
 
 
 def _rows():
-    return [{"question": f"What is {i}+1?", "answer": f"{i}+1=<<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"} for i in range(5)]
+    return [
+        {"question": f"What is {i}+1?", "answer": f"{i}+1=<<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"} for i in range(5)
+    ]
 
 
 def test_load_jsonl_and_parquet(tmp_path):
@@ -100,7 +102,8 @@ def test_load_gsm8k_offline_is_a_user_error(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(UserError, match=r"could not load openai/gsm8k from the hub \(offline\?\); use data.source=synthetic"):
+    message = r"could not load openai/gsm8k from the hub \(offline\?\); use data.source=synthetic"
+    with pytest.raises(UserError, match=message):
         load_problems("gsm8k", "train")
 
 
