@@ -1,0 +1,214 @@
+"""Memory preflight: will this RunConfig fit on that accelerator? (`grpo preflight`).
+
+Maps a RunConfig onto the plain numbers of `grpo_core.memory.Workload` (model shape,
+dtype, the derived per-device batch, the mesh), runs the estimate, and when it does not
+fit re-runs it with changed config values to name the one or two changes that would fit.
+The smoke flow calls `run_preflight(cfg, "v6e-8")` before it rents a VM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from grpo_core.errors import UserError
+from grpo_core.memory import GIB, Accelerator, MemoryEstimate, Workload, estimate_memory, get_accelerator
+from grpo_core.memory import rollout_components
+from grpo_core.models.config import PRESETS, ModelConfig
+from schemas.loading import apply_override, parse_override
+from schemas.run import DerivedBatch, RunConfig
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+# Pullable chat models -> the preset holding their architecture.
+_PULLABLE_PRESETS = {"smollm2-135m-instruct": "smollm2-135m"}
+
+
+@dataclasses.dataclass
+class PreflightReport:
+    """Estimate of one config on one accelerator, plus config changes that would fit."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    derived: DerivedBatch
+    workload: Workload
+    estimate: MemoryEstimate
+    suggestions: list[tuple[list[str], MemoryEstimate]]
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.accelerator.capacity_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.peak_bytes <= self.capacity_bytes
+
+    @property
+    def culprit(self) -> tuple[str, str]:
+        """(phase, component) that dominates the peak phase."""
+        phase = self.estimate.peak_phase
+        return phase, self.estimate.largest(phase)
+
+
+def resolve_model_config(name_or_path: str) -> ModelConfig:
+    """A local HF directory's config.json, else the preset matching the name or hub id."""
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file():
+        return ModelConfig.from_hf(json.loads((path / "config.json").read_text()))
+    key = name_or_path.strip().lower().rsplit("/", 1)[-1]
+    key = _PULLABLE_PRESETS.get(key, key)
+    if key in PRESETS:
+        return PRESETS[key]
+    match = re.match(r"(qwen2\.5|smollm2)-(\d+(?:\.\d+)?[mb])\b", key)
+    if match and f"{match[1]}-{match[2]}" in PRESETS:
+        return PRESETS[f"{match[1]}-{match[2]}"]
+    raise UserError(
+        f"model.name_or_path={name_or_path!r} is neither an HF directory with config.json nor a known "
+        f"architecture; use a local model directory or one of {sorted(PRESETS)} (hub ids such as "
+        "Qwen/Qwen2.5-7B-Instruct map to their preset)"
+    )
+
+
+def mesh_sizes(cfg: RunConfig, accelerator: Accelerator) -> dict[str, int]:
+    """Mesh axis sizes: explicit mesh.shape, or auto = dp over hosts, fsdp over each host's chips."""
+    if cfg.mesh.shape == "auto":
+        return {"dp": accelerator.hosts, "fsdp": accelerator.chips // accelerator.hosts, "tp": 1}
+    return {"dp": cfg.mesh.shape.dp, "fsdp": cfg.mesh.shape.fsdp, "tp": cfg.mesh.shape.tp}
+
+
+def build_workload(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, DerivedBatch]:
+    """The estimate's inputs for `cfg` on every chip of `accelerator` (one process per host)."""
+    derived = cfg.derive(accelerator.hosts, accelerator.chips)
+    opt = cfg.train.optimizer
+    workload = Workload(
+        model=resolve_model_config(cfg.model.name_or_path),
+        param_bytes=DTYPE_BYTES[cfg.model.dtype],
+        prompts=derived.prompts_global_per_step,
+        group_size=cfg.rollout.n,
+        max_prompt_tokens=cfg.rollout.max_prompt_tokens,
+        new_tokens=cfg.rollout.max_new_tokens,
+        micro_batch=derived.micro_batch_size,
+        remat=cfg.model.remat,
+        optimizer=opt.name,
+        momentum=opt.name == "sgd" and opt.b1 is not None,
+        reference=cfg.loss.beta > 0,
+        mesh=tuple(mesh_sizes(cfg, accelerator).items()),
+        tpu_tiles=accelerator.kind == "tpu",
+    )
+    return workload, derived
+
+
+def estimate_config(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, DerivedBatch, MemoryEstimate]:
+    """Rollout and update (and greedy eval when enabled) bytes per device for `cfg`."""
+    workload, derived = build_workload(cfg, accelerator)
+    estimate = estimate_memory(workload)
+    if cfg.eval.every_steps:
+        eval_load = dataclasses.replace(workload, prompts=cfg.eval.num_prompts, group_size=1,
+                                        new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
+        estimate.phases["eval"] = rollout_components(eval_load)
+    return workload, derived, estimate
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of `cfg` with `--set`-style overrides applied and validated."""
+    data = cfg.model_dump(mode="json")
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    return RunConfig.model_validate(data)
+
+
+def _peak_if(cfg: RunConfig, accelerator: Accelerator, overrides: list[str]) -> MemoryEstimate | None:
+    """The estimate with `overrides`, or None when that config is invalid for this slice."""
+    try:
+        return estimate_config(with_overrides(cfg, overrides), accelerator)[2]
+    except (UserError, ValueError):
+        return None
+
+
+def _first_fit(cfg, accelerator, base: list[str], key: str, values) -> tuple[list[str], MemoryEstimate] | None:
+    """The first value of `key` (values ordered least-disruptive first) whose estimate fits."""
+    for value in values:
+        overrides = base + [f"{key}={value}"]
+        estimate = _peak_if(cfg, accelerator, overrides)
+        if estimate is not None and estimate.peak_bytes <= accelerator.capacity_bytes:
+            return overrides, estimate
+    return None
+
+
+def _single_changes(cfg: RunConfig, derived: DerivedBatch, base: list[str]) -> list[tuple[str, list]]:
+    """(dotted key, candidate values largest-first) for each knob that lowers memory."""
+    micro = derived.micro_batch_size
+    micro_values = [d for d in range(micro - 1, 0, -1) if derived.sequences_per_device % d == 0]
+    new = cfg.rollout.max_new_tokens
+    changes = [
+        ("train.micro_batch_size", micro_values),
+        ("rollout.batch_size", list(range(cfg.rollout.batch_size - 1, 0, -1))),
+        ("rollout.max_new_tokens", [new * k // 8 for k in range(7, 0, -1) if new * k // 8 > 0]),
+    ]
+    if not cfg.model.remat and "model.remat=true" not in base:
+        changes.insert(0, ("model.remat", ["true"]))
+    return changes
+
+
+def suggest_fixes(cfg: RunConfig, accelerator: Accelerator, derived: DerivedBatch,
+                  limit: int = 2) -> list[tuple[list[str], MemoryEstimate]]:
+    """Up to `limit` override sets that fit: single changes first, else remat/micro-batch 1 plus one."""
+    found = [fit for key, values in _single_changes(cfg, derived, [])
+             if (fit := _first_fit(cfg, accelerator, [], key, values))]
+    for base in ([] if found else (["model.remat=true"], ["train.micro_batch_size=1"])):
+        for key, values in _single_changes(cfg, derived, base):
+            if key not in base[0] and (fit := _first_fit(cfg, accelerator, base, key, values)):
+                found.append(fit)
+    return found[:limit]
+
+
+def run_preflight(cfg: RunConfig, accelerator: str) -> PreflightReport:
+    """Estimate `cfg` on `accelerator` (a name from grpo_core.memory.ACCELERATORS)."""
+    acc = get_accelerator(accelerator)
+    workload, derived, estimate = estimate_config(cfg, acc)
+    fits = estimate.peak_bytes <= acc.capacity_bytes
+    suggestions = [] if fits else suggest_fixes(cfg, acc, derived)
+    return PreflightReport(cfg, acc, derived, workload, estimate, suggestions)
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:8.2f}"
+
+
+def format_report(report: PreflightReport) -> str:
+    """The per-device table (component x phase, GiB), the verdict and the suggested changes."""
+    est, acc, d, w = report.estimate, report.accelerator, report.derived, report.workload
+    phases = list(est.phases)
+    components = list(dict.fromkeys(c for p in phases for c in est.phases[p]))
+    mesh = " ".join(f"{k}={v}" for k, v in w.mesh)
+    lines = [
+        f"preflight: {report.config.model.name_or_path} on {acc.name} ({acc.chips} chips x {acc.hbm_gib:g} GiB, "
+        f"{acc.hosts} host(s)); mesh {mesh}",
+        f"per device: rollout {w.sampler_prompts_per_device} prompts x n={w.group_size} (prompt slots "
+        f"{w.prompt_slots} + {w.new_tokens} new); update {d.sequences_per_device} sequences of "
+        f"{w.update_tokens} tokens in micro-batches of {d.micro_batch_size} x {d.grad_accum_steps}; "
+        f"{report.config.model.dtype}, remat {'on' if w.remat else 'off'}, {w.optimizer}",
+        f"{'GiB per device':24s}" + "".join(f"{p:>10s}" for p in phases),
+    ]
+    for c in components:
+        lines.append(f"{c:24s}" + "".join(f"  {_gib(est.phases[p].get(c, 0))}" for p in phases))
+    rows = [(f"total (+{est.overhead:.0%} overhead)", [est.total(p) for p in phases]),
+            ("capacity", [report.capacity_bytes] * len(phases)),
+            ("headroom", [report.capacity_bytes - est.total(p) for p in phases])]
+    lines += [f"{name:24s}" + "".join(f"  {_gib(v)}" for v in values) for name, values in rows]
+    lines.append(_verdict(report))
+    lines += [f"  fits with: --set {' --set '.join(o)}  (peak {e.peak_bytes / GIB:.2f} GiB)"
+              for o, e in report.suggestions]
+    return "\n".join(lines)
+
+
+def _verdict(report: PreflightReport) -> str:
+    est, cap = report.estimate, report.capacity_bytes
+    phase, component = report.culprit
+    peak = est.peak_bytes / GIB
+    if report.fits:
+        return f"FITS: peak {peak:.2f} GiB in {phase}, {(cap - est.peak_bytes) / GIB:.2f} GiB headroom per device"
+    share = est.phases[phase][component] / GIB
+    tail = "" if report.suggestions else "; no single change to batch size, micro-batch, remat or length fits"
+    return (f"DOES NOT FIT: {phase} needs {peak:.2f} GiB of {cap / GIB:.2f} GiB per device; "
+            f"largest part: {phase} {component} ({share:.2f} GiB){tail}")

@@ -1,0 +1,306 @@
+"""Per-device peak memory estimate of one GRPO step, before any accelerator is rented.
+
+`estimate_memory(workload)` adds up, per device and per phase, the bytes that our own
+code keeps alive at its peak. The inputs are plain numbers (`Workload`), so grpo_core
+never sees the config schema; flows/preflight.py maps a RunConfig onto them.
+
+Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.py):
+1. Resident state stays on device for the whole step, so it counts in BOTH phases: params,
+   optimizer state and, when beta > 0, the frozen reference params. The training session
+   keeps them between phases.
+2. Params, optimizer state and reference params are split per leaf by the rules table in
+   grpo_core.sharding ("embed" over fsdp, heads/mlp/vocab over tp; a mesh axis that does
+   not divide a dimension leaves it replicated). The batch is split over dp * fsdp.
+3. With params split over fsdp/tp, XLA all-gathers them inside the layer scan: two layers
+   (the one computing and the prefetched next one) plus the full embedding / LM head for
+   the logits are live at once.
+4. Optimizer moments follow optax: lion 1, adamw 2 (mu, nu), sgd 1 with momentum else 0,
+   each in the param dtype (optax's default mu_dtype=None keeps the param dtype).
+5. Update gradients: grpo_core.train_step sums micro-batch gradients into a float32
+   accumulator shaped like the params, next to one micro-batch gradient in param dtype.
+6. Activations: the decoder scans over layers, so in a forward only one layer's
+   intermediates are live. Attention is materialised (no flash kernel): float32 scores
+   [B, Nq, T, S] plus probabilities. For the backward pass without remat every layer keeps
+   its residuals (`_saved_per_token_layer`); with remat (jax.checkpoint per layer) only
+   the residual stream per layer is kept and one layer is recomputed at a time.
+7. Logits are float32. The update holds `UPDATE_LOGIT_COPIES` [mb, T-1, V] arrays for a
+   micro-batch (logits, softmax for logsumexp/entropy, and their gradient); its batch is
+   T = prompt rounded up to 64 + new tokens wide (grpo_core.phases). The sampler
+   (grpo_core.sampling) pads the global prompt count to a power of two and then to the
+   batch shards, and the prompt length to a power of two; it prefills each prompt once into
+   a [L, P, Tp] cache, computes only the last position's logits, and repeats that cache n
+   times into the decode cache [L, P*n, Tp+M]: at that moment the prompt cache, the
+   repeated copy and the decode cache are all live, on top of the prefill's last layer.
+   Each decode step holds `DECODE_LOGIT_COPIES` [P*n, V] float32 arrays (logits, scaled,
+   log-softmax, sorted values for top-p/top-k, probabilities, Gumbel noise).
+   Summing the prefill and decode parts of a phase is an upper bound: XLA may reuse the
+   prefill's buffers for the decode loop.
+8. Everything above is multiplied by (1 + overhead) for XLA temporaries, fragmentation
+   and small buffers (default 10%). Capacity per device is the HBM per chip minus the
+   runtime's reservation (TPU: 0.75 GiB); on GPU XLA preallocates 75% of memory by
+   default (XLA_PYTHON_CLIENT_MEM_FRACTION=.75), so that fraction is the capacity.
+9. TPU arrays are stored in (8, 128) tiles of 32-bit words over their two minor dims
+   (bfloat16 packs two rows per word, so 16 rows): KV caches [.., Nkv, Hd] with 2-4 kv
+   heads and the k/v weights pad up to 4-8x. The estimate pads params, optimizer state,
+   gradients and KV caches that way on TPU (`Workload.tpu_tiles`), not on GPU or CPU.
+   Activations are not padded (their minor dims are D, F, T or S, already large).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+from grpo_core.errors import UserError
+from grpo_core.models.config import ModelConfig
+from grpo_core.models.decoder import param_logical_axes, param_shapes
+from grpo_core.sampling import bucket
+from grpo_core.sharding import logical_to_spec
+
+GIB = 1024**3
+UPDATE_LOGIT_COPIES = 3
+DECODE_LOGIT_COPIES = 6
+OPTIMIZER_MOMENTS = {"lion": 1, "adamw": 2, "sgd": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    """One slice type: chips (= JAX devices) and hosts per slice, HBM per chip."""
+
+    name: str
+    kind: str  # "tpu" | "gpu"
+    chips: int
+    hosts: int
+    hbm_gib: float
+    reserved_gib: float = 0.0
+    usable_fraction: float = 1.0
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Bytes one device can give our buffers."""
+        return int((self.hbm_gib * self.usable_fraction - self.reserved_gib) * GIB)
+
+
+def _tpu(name, chips, hosts, hbm_gib) -> Accelerator:
+    return Accelerator(name, "tpu", chips, hosts, hbm_gib, reserved_gib=0.75)
+
+
+def _gpu(name, chips, hbm_gib) -> Accelerator:
+    return Accelerator(name, "gpu", chips, 1, hbm_gib, usable_fraction=0.75)
+
+
+# v4/v5p names count TensorCores (2 per chip, one JAX device per chip); v5e/v6e count chips.
+ACCELERATORS: dict[str, Accelerator] = {a.name: a for a in (
+    _tpu("v4-8", 4, 1, 32), _tpu("v4-16", 8, 2, 32), _tpu("v4-32", 16, 4, 32),
+    _tpu("v5litepod-4", 4, 1, 16), _tpu("v5litepod-8", 8, 1, 16), _tpu("v5litepod-16", 16, 4, 16),
+    _tpu("v5p-8", 4, 1, 95), _tpu("v5p-16", 8, 2, 95),
+    _tpu("v6e-1", 1, 1, 32), _tpu("v6e-4", 4, 1, 32), _tpu("v6e-8", 8, 1, 32),
+    _tpu("v6e-16", 16, 4, 32), _tpu("v6e-32", 32, 8, 32),
+    _gpu("h100", 1, 79.6), _gpu("h100-8", 8, 79.6), _gpu("h200", 1, 140.4), _gpu("h200-8", 8, 140.4),
+)}
+
+
+def get_accelerator(name: str) -> Accelerator:
+    """Table entry for `name` (case-insensitive), or a UserError listing the known names."""
+    key = name.strip().lower()
+    if key not in ACCELERATORS:
+        raise UserError(f"unknown accelerator {name!r}; use one of {', '.join(ACCELERATORS)}")
+    return ACCELERATORS[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Everything the estimate reads: architecture, dtypes, GLOBAL batch and the mesh.
+
+    prompts: global prompts per step (rollout.batch_size), each sampled group_size times;
+    micro_batch: update rows per device per micro-batch; mesh: (("dp", n), ("fsdp", n),
+    ("tp", n)); tpu_tiles: pad the two minor dims of arrays to TPU tiles (assumption 9).
+    """
+
+    model: ModelConfig
+    param_bytes: int
+    prompts: int
+    group_size: int
+    max_prompt_tokens: int
+    new_tokens: int
+    micro_batch: int
+    remat: bool
+    optimizer: str
+    momentum: bool = False
+    reference: bool = False
+    mesh: tuple[tuple[str, int], ...] = (("dp", 1), ("fsdp", 1), ("tp", 1))
+    tpu_tiles: bool = False
+
+    @property
+    def mesh_sizes(self) -> dict[str, int]:
+        return dict(self.mesh)
+
+    @property
+    def tp(self) -> int:
+        return self.mesh_sizes.get("tp", 1)
+
+    @property
+    def batch_shards(self) -> int:
+        return self.mesh_sizes.get("dp", 1) * self.mesh_sizes.get("fsdp", 1)
+
+    @property
+    def sampler_prompts_per_device(self) -> int:
+        """The sampler pads the prompt batch to a power of two, then to the shard count."""
+        return -(-bucket(self.prompts) // self.batch_shards)
+
+    @property
+    def prompt_slots(self) -> int:
+        """Prompt cache length: the longest prompt bucketed as the sampler does."""
+        return bucket(self.max_prompt_tokens, 8)
+
+    @property
+    def update_tokens(self) -> int:
+        """Update batch width: prompt rounded up to 64 (grpo_core.phases) plus completion."""
+        return -(-self.max_prompt_tokens // 64) * 64 + self.new_tokens
+
+    @property
+    def update_rows_per_device(self) -> int:
+        return max(1, self.prompts * self.group_size // self.batch_shards)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device: phases[phase][component], before overhead; totals include it."""
+
+    phases: dict[str, dict[str, int]]
+    overhead: float
+
+    def total(self, phase: str) -> int:
+        return int(sum(self.phases[phase].values()) * (1.0 + self.overhead))
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.total)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.total(self.peak_phase)
+
+    def largest(self, phase: str) -> str:
+        """The component holding the most bytes in `phase` (what to shrink first)."""
+        return max(self.phases[phase], key=self.phases[phase].get)
+
+
+def padded_bytes(shape, itemsize: int, tpu_tiles: bool) -> int:
+    """Bytes of an array; with TPU tiles the minor dim pads to 128 and the second-minor
+    to 8 rows of 32-bit words (16 for bfloat16, which packs two rows per word)."""
+    shape = list(shape)
+    if tpu_tiles and len(shape) >= 2:
+        rows = 8 * max(1, 4 // itemsize)
+        shape[-1] = -(-shape[-1] // 128) * 128
+        shape[-2] = -(-shape[-2] // rows) * rows
+    return math.prod(shape) * itemsize
+
+
+def _shard_shape(names, shape, mesh_sizes: dict[str, int]) -> tuple[int, ...]:
+    """One device's block of a param leaf, split by the rules table in grpo_core.sharding."""
+    spec = logical_to_spec(names, shape, SimpleNamespace(shape=mesh_sizes))
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        out.append(dim // math.prod(mesh_sizes[a] for a in axes))
+    return tuple(out)
+
+
+def param_bytes_per_device(w: Workload, itemsize: int) -> int:
+    """Bytes one device holds of a params-shaped tree stored with `itemsize` bytes per element."""
+    shapes, axes = param_shapes(w.model), param_logical_axes(w.model)
+    pairs = [(shapes[k], axes[k]) for k in shapes if k != "layers"]
+    pairs += [(shapes["layers"][k], axes["layers"][k]) for k in shapes["layers"]]
+    return sum(padded_bytes(_shard_shape(n, s, w.mesh_sizes), itemsize, w.tpu_tiles) for s, n in pairs)
+
+
+def _gathered_weights(w: Workload) -> int:
+    """All-gather buffers when params are split: two layers plus the embedding/LM head."""
+    if w.mesh_sizes.get("fsdp", 1) * w.tp == 1:
+        return 0
+    m = w.model
+    layer = m.num_params - m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2)
+    layer //= m.num_hidden_layers
+    return (2 * layer + m.vocab_size * m.hidden_size) * w.param_bytes // w.tp
+
+
+def _resident(w: Workload) -> dict[str, int]:
+    params = param_bytes_per_device(w, w.param_bytes)
+    moments = OPTIMIZER_MOMENTS[w.optimizer] + (1 if w.optimizer == "sgd" and w.momentum else 0)
+    parts = {"params": params, "optimizer state": moments * params}
+    if w.reference:
+        parts["reference params"] = params
+    return parts
+
+
+def _saved_per_token_layer(m: ModelConfig, pb: int) -> int:
+    """Bytes one token keeps per layer for the backward pass (no remat), attention excluded.
+
+    Param-dtype: layer input, normed input, q, k, v, attention output, residual after
+    attention, normed MLP input, gate, up, silu(gate)*up. float32: the two RMSNorm inputs
+    and RoPE'd q, k.
+    """
+    qkv = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_dim
+    attn_out = m.num_attention_heads * m.head_dim
+    dtype_part = (4 * m.hidden_size + qkv + attn_out + 3 * m.intermediate_size) * pb
+    f32_part = (2 * m.hidden_size + (m.num_attention_heads + m.num_key_value_heads) * m.head_dim) * 4
+    return dtype_part + f32_part
+
+
+def _attention_bytes(m: ModelConfig, rows: int, t: int, s: int, pb: int, tp: int) -> int:
+    """float32 scores plus probabilities in param dtype for one layer: [rows, Nq, t, s]."""
+    return rows * (m.num_attention_heads // math.gcd(m.num_attention_heads, tp)) * t * s * (4 + pb)
+
+
+def _layer_activations(m: ModelConfig, rows: int, t: int, s: int, pb: int, tp: int) -> int:
+    """One layer's live intermediates in a forward over [rows, t] tokens attending to s keys."""
+    return rows * t * _saved_per_token_layer(m, pb) + _attention_bytes(m, rows, t, s, pb, tp)
+
+
+def _kv_cache(w: Workload, rows: int, length: int) -> int:
+    """k and v caches [L, rows, length, Nkv, Hd] in param dtype (kv heads split over tp)."""
+    m = w.model
+    kv_heads = m.num_key_value_heads // math.gcd(m.num_key_value_heads, w.tp)
+    shape = (m.num_hidden_layers, rows, length, kv_heads, m.head_dim)
+    return 2 * padded_bytes(shape, w.param_bytes, w.tpu_tiles)
+
+
+def rollout_components(w: Workload) -> dict[str, int]:
+    """Bytes per device while the sampler builds its decode cache (assumption 7)."""
+    m, pb = w.model, w.param_bytes
+    prompts, tp_slots = w.sampler_prompts_per_device, w.prompt_slots
+    seqs = prompts * w.group_size
+    vocab = m.vocab_size // math.gcd(m.vocab_size, w.tp)
+    parts = _resident(w)
+    parts["gathered weights"] = _gathered_weights(w)
+    parts["kv cache"] = _kv_cache(w, seqs, tp_slots + w.new_tokens)
+    parts["prefill cache"] = _kv_cache(w, prompts, tp_slots) + _kv_cache(w, seqs, tp_slots)
+    parts["prefill activations"] = (prompts * tp_slots * m.hidden_size * pb
+                                    + _layer_activations(m, prompts, tp_slots, tp_slots, pb, w.tp))
+    parts["sampler buffers"] = DECODE_LOGIT_COPIES * seqs * vocab * 4 + seqs * w.new_tokens * 8
+    return parts
+
+
+def update_components(w: Workload) -> dict[str, int]:
+    """Bytes per device at the update's peak (backward of one micro-batch)."""
+    m, pb, mb = w.model, w.param_bytes, w.micro_batch
+    t = w.update_tokens - 1
+    vocab = m.vocab_size // math.gcd(m.vocab_size, w.tp)
+    parts = _resident(w)
+    parts["gathered weights"] = _gathered_weights(w)
+    parts["gradients"] = param_bytes_per_device(w, 4) + param_bytes_per_device(w, pb)
+    stream = mb * t * m.hidden_size * pb * m.num_hidden_layers
+    layer = _layer_activations(m, mb, t, t, pb, w.tp)
+    parts["activations"] = stream + layer if w.remat else m.num_hidden_layers * layer
+    parts["logits"] = UPDATE_LOGIT_COPIES * mb * t * vocab * 4
+    # tokens, positions, masks, old logps as [B, T] 4-byte arrays, plus their micro-batch split.
+    parts["batch arrays"] = 2 * 5 * w.update_rows_per_device * (t + 1) * 4
+    return parts
+
+
+def estimate_memory(w: Workload, overhead: float = 0.10) -> MemoryEstimate:
+    """Per-device bytes by phase and component (see the module docstring for the model)."""
+    if w.optimizer not in OPTIMIZER_MOMENTS:
+        raise UserError(f"optimizer {w.optimizer!r} has no memory model; use one of {sorted(OPTIMIZER_MOMENTS)}")
+    return MemoryEstimate({"rollout": rollout_components(w), "update": update_components(w)}, overhead)
