@@ -177,3 +177,71 @@ def smollm2_gguf() -> Path | None:
 
     pulled = default_models_dir() / "smollm2-135m-instruct"
     return source_gguf(pulled) if is_pulled(pulled) else None
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """(gguf path, Model) of SmolLM2-135M-Instruct converted by the current code."""
+    path = smollm2_gguf()
+    if path is None or not path.is_file():
+        pytest.skip("no SmolLM2 GGUF here: run `grpo models pull smollm2-135m-instruct` or set GRPO_SMOLLM2_GGUF")
+    return path, load_pretrained(convert_gguf(path, tmp_path_factory.mktemp("smollm2")))
+
+
+def _chat_ids(tok, question: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return tok(text)["input_ids"]
+
+
+@pytest.mark.slow
+def test_smollm2_chat_template_and_greedy_answers(smollm2):
+    from grpo_core.sampling import generate
+
+    _, model = smollm2
+    tok = model.tokenizer
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                        "<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert model.eos_token_ids == (2,) and tok.eos_token == "<|im_end|>"
+    questions = {"What is the capital of France?": "paris", "How many days are there in a week?": "7",
+                 "What color is the sky on a clear day?": "blue"}
+    result = generate(model, [_chat_ids(tok, q) for q in questions], max_new_tokens=32, temperature=0.0)
+    for (question, expected), ids in zip(questions.items(), result.tokens):
+        answer = tok.decode(ids, skip_special_tokens=True)
+        print(f"Q: {question}\nA: {answer}")
+        assert expected in answer.lower() and answer.isascii() and len(answer.split()) >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_smollm2_tokenizer_matches_transformers_gguf(smollm2):
+    pytest.importorskip("torch")
+    from transformers import AutoTokenizer
+
+    path, model = smollm2
+    ref = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tok = model.tokenizer
+    texts = [*TEXTS, tok.apply_chat_template([{"role": "user", "content": TEXTS[0]}], tokenize=False)]
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        assert ids == ref(text)["input_ids"], text
+        assert tok.decode(ids) == text
+    assert [len(tok(t)["input_ids"]) for t in TEXTS] == [25, 35, 13, 16, 39]
+    assert tok("12345")["input_ids"] == [33, 34, 35, 36, 37]  # digits are single tokens
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_smollm2_logits_match_transformers_gguf(smollm2):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate")
+    from transformers import AutoModelForCausalLM
+
+    path, model = smollm2
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    ids = [_chat_ids(model.tokenizer, "Explain why the sky is blue in one sentence.")]
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    diff = np.abs(np.asarray(model.logits(np.array(ids))) - ref).max()
+    print(f"SmolLM2 max |logit diff| vs transformers GGUF load: {diff:.2e}")
+    assert diff <= 1e-3
