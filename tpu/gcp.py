@@ -73,11 +73,11 @@ def _to_node(resource, zone: str) -> Node:
 class GcpProvider(Provider):
     kind = "gcp"
 
-    def __init__(self, project: str, client=None, runner: Runner = subprocess_runner, poll_s: float = 10.0,
+    def __init__(self, project: str, client=None, runner: Runner | None = None, poll_s: float = 10.0,
                  operation_timeout_s: float = 1800.0):
         self.project = project
         self.client = client if client is not None else make_client()
-        self.runner = runner
+        self.runner = runner or subprocess_runner
         self.poll_s = poll_s
         self.operation_timeout_s = operation_timeout_s
 

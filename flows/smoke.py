@@ -1,0 +1,118 @@
+"""`tpu-smoke`: prove a commit still trains on a fresh TPU VM, unattended.
+
+    check commit -> preflight -> provision -> bootstrap -> sync -> install -> secrets
+      -> launch -> monitor -> fetch -> delete (always) -> report artifact
+
+The VM is deleted in `finally` in the zone that won, and again by label from the
+cancellation/crash hooks (a cancelled or crashed run may never reach `finally`). Each
+stage's timing and outcome go into the markdown artifact `tpu-smoke-<accelerator>`.
+"""
+from __future__ import annotations
+
+import site
+import sys
+import uuid
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_run
+
+from schemas import build_run_config
+from tasks.tpu import (SmokeFailed, create_node, delete_labelled, delete_node, fetch_results, launch_job, monitor_job,
+                       publish_report, run_commands, run_preflight, tpu_slot, wait_until_ready, write_secret)
+from tpu import scripts
+from tpu.errors import JobOutcome
+from tpu.provider import OWNER_LABEL, RUN_LABEL, Provider
+from tpu.report import StageReport, artifact_key
+from tpu.repo import PROJECT_ROOT, Checkout, read_file_at, resolve_checkout
+from tpu.spec import ProviderKind, SmokeTimeouts, TpuRequest, make_provider, node_name, node_spec
+
+
+def delete_run_nodes(flow, flow_run, state) -> None:
+    """Cancellation/crash hook: delete every node labelled with this run, in any requested zone."""
+    params = flow_run.parameters
+    tpu = TpuRequest.model_validate(params.get("tpu") or {})
+    backend = make_provider(params.get("provider", "gcp"), tpu)
+    for node in backend.list({RUN_LABEL: node_name(str(flow_run.id))}, tuple(tpu.zones)):
+        backend.delete(node.name, node.zone)
+
+
+def _run_on_vm(backend: Provider, tpu: TpuRequest, checkout: Checkout, train_argv: list[str], steps: int,
+               timeouts: SmokeTimeouts, results: Path, secret_block: str | None, report: StageReport) -> JobOutcome:
+    name = node_name(str(current_run.id or uuid.uuid4()))
+    spec = node_spec(name, tpu, {OWNER_LABEL: "smoke", RUN_LABEL: name})
+    node = None
+    try:
+        with report.stage("provision"):
+            node = create_node(backend, spec)
+            report.facts.update(zone=node.zone, node=node.name, workers=str(node.workers))
+            node = wait_until_ready(backend, node, timeouts.ready_s)
+        with report.stage("bootstrap"):
+            run_commands(backend, node, "bootstrap", scripts.bootstrap_commands(backend.kind, sys.executable), timeouts.command_s)
+        with report.stage("sync"):
+            run_commands(backend, node, "sync", scripts.sync_commands(checkout.source, checkout.commit), timeouts.command_s)
+        with report.stage("install"):
+            sites = tuple(site.getsitepackages())
+            run_commands(backend, node, "install", scripts.install_commands(backend.kind, sites), timeouts.command_s)
+        with report.stage("secrets") as stage:
+            stage.note = "W&B key written to a 0600 file" if write_secret(backend, node, secret_block) else "no W&B key"
+        with report.stage("launch"):
+            launch_job(backend, node, train_argv)
+        with report.stage("monitor") as stage:
+            outcome = monitor_job(backend, node, steps, timeouts.job_s, timeouts.poll_s)
+            stage.note, stage.outcome = outcome.message, "ok" if outcome.ok else "failed"
+        with report.stage("fetch") as stage:
+            stage.note = f"{len(fetch_results(backend, node, str(results)))} files -> {results}"
+        return outcome
+    finally:
+        with report.stage("delete") as stage:
+            if node is not None:
+                delete_node(backend, node.name, node.zone)
+                stage.note = f"{node.name} in {node.zone}"
+            else:
+                stage.note = ", ".join(delete_labelled(backend, {RUN_LABEL: name}, list(tpu.zones))) or "nothing created"
+
+
+@flow(name="tpu-smoke", persist_result=False, on_cancellation=[delete_run_nodes], on_crashed=[delete_run_nodes])
+def smoke_flow(
+    provider: ProviderKind = "gcp",
+    config: str = "configs/smoke_v6e8.yaml",
+    overrides: list[str] | None = None,
+    tpu: TpuRequest = TpuRequest(),
+    commit: str | None = None,
+    timeouts: SmokeTimeouts = SmokeTimeouts(),
+    job_env: dict[str, str] | None = None,
+    job_command: list[str] | None = None,
+    preflight: bool = True,
+    source_repo: str | None = None,
+    results_dir: str = "runs/smoke",
+    wandb_secret_block: str | None = None,
+) -> dict:
+    """Smoke-test `commit` (default HEAD) with `config` (a path in the repo) on a fresh VM."""
+    overrides = list(overrides or [])
+    report = StageReport(f"tpu-smoke: {tpu.accelerator_type} via {provider}")
+    backend = make_provider(provider, tpu)
+    with report.stage("check commit") as stage:
+        checkout = resolve_checkout(source_repo or PROJECT_ROOT, commit, provider)
+        config_text = read_file_at(source_repo or PROJECT_ROOT, checkout.commit, config)
+        steps = build_run_config(yaml.safe_load(config_text) or {}, overrides, source=config).train.steps
+        stage.note = f"{checkout.commit[:12]}, {steps} steps expected"
+    report.facts.update(commit=checkout.commit, config=config, overrides=" ".join(overrides) or "none")
+    train_argv = scripts.train_command(config, overrides, tuple(job_command or scripts.TRAIN_COMMAND), job_env)
+    results = Path(results_dir) / node_name(str(current_run.id or uuid.uuid4()))
+    try:
+        with report.stage("preflight") as stage:
+            stage.note = run_preflight(config_text, overrides, tpu.accelerator_type) if preflight else "disabled"
+            stage.outcome = "skipped" if "unavailable" in stage.note or not preflight else "ok"
+        with tpu_slot(tpu.accelerator_type):
+            outcome = _run_on_vm(backend, tpu, checkout, train_argv, steps, timeouts, results, wandb_secret_block, report)
+        report.facts.update(outcome=f"{outcome.reason}: {outcome.message}")
+        report.excerpt = outcome.excerpt
+    finally:
+        publish_report(report.markdown(), artifact_key("tpu-smoke", tpu.accelerator_type), report.title)
+    if not outcome.ok:
+        raise SmokeFailed(f"smoke failed: {outcome.reason}: {outcome.message}\n{outcome.excerpt}".strip())
+    get_run_logger().info("smoke passed: %s", outcome.message)
+    return {"commit": checkout.commit, "zone": report.facts.get("zone"), "steps": steps, "results": str(results),
+            "stages": [(s.name, s.outcome, round(s.seconds, 1)) for s in report.stages]}

@@ -1,0 +1,187 @@
+"""Prefect tasks of the TPU flows: each wraps one provider call or one local check.
+
+Only idempotent steps retry (bootstrap/sync/install re-create what they make, fetch copies,
+delete of a missing node is a no-op). Nothing is cached or persisted: these are side
+effects, and the W&B key is read inside `write_secret` so it never becomes a Prefect
+parameter or result.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from grpo_core.errors import UserError
+from tpu import scripts
+from tpu.errors import JobOutcome
+from tpu.monitor import job_verdict
+from tpu.provider import Node, NodeSpec, Provider
+
+EFFECT = {"cache_policy": NO_CACHE, "persist_result": False}
+FETCHED = (scripts.LOG_FILE, f"{scripts.RUN_DIR}/metrics.jsonl", f"{scripts.RUN_DIR}/summary.json")
+
+
+class SmokeFailed(RuntimeError):
+    """The smoke job ran but did not succeed; the message holds the reason and an excerpt."""
+
+
+@task(**EFFECT)
+def run_preflight(config_text: str, overrides: list[str], accelerator_type: str) -> str:
+    """`grpo preflight --tpu TYPE` on this machine; 'unavailable' when the command is not installed."""
+    if importlib.util.find_spec("flows.cli.preflight_cmd") is None:
+        return "preflight unavailable (flows/cli/preflight_cmd.py is not installed); skipped"
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(config_text)
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    argv = [sys.executable, "-m", "flows.cli.main", "preflight", "--config", handle.name, *sets, "--tpu", accelerator_type]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    os.unlink(handle.name)
+    if done.returncode == 3:
+        detail = (done.stderr.strip() or done.stdout.strip())[-500:]
+        raise UserError(f"preflight: the config will not fit on {accelerator_type}: {detail}", 3)
+    if done.returncode:
+        raise UserError(f"preflight failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
+    return (done.stdout.strip().splitlines() or ["fits"])[-1][:200]
+
+
+@task(**EFFECT)
+def create_node(provider: Provider, spec: NodeSpec) -> Node:
+    node = provider.create(spec)
+    get_run_logger().info("created %s in %s (%d worker(s))", node.name, node.zone, node.workers)
+    return node
+
+
+@task(**EFFECT)
+def wait_until_ready(provider: Provider, node: Node, timeout_s: float) -> Node:
+    return provider.wait_ready(node, timeout_s)
+
+
+@task(retries=1, retry_delay_seconds=5, task_run_name="{stage}", **EFFECT)
+def run_commands(provider: Provider, node: Node, stage: str, commands: list[list[str]], timeout_s: float) -> None:
+    """Run each command on every worker, in order; stop at the first failure."""
+    for argv in commands:
+        for result in provider.run(node, argv, worker="all", timeout_s=timeout_s):
+            if not result.ok:
+                raise RuntimeError(f"{stage}: `{argv[0]} {argv[1] if len(argv) > 1 else ''}` failed on worker "
+                                   f"{result.worker} (exit {result.returncode}): {result.stderr.strip()[-500:]}")
+
+
+def load_wandb_key(secret_block: str | None) -> str | None:
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    if secret_block:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(secret_block).get()
+    return None
+
+
+@task(**EFFECT)
+def write_secret(provider: Provider, node: Node, secret_block: str | None) -> bool:
+    """W&B key over stdin into a 0600 file on every worker. Returns whether there was a key."""
+    key = load_wandb_key(secret_block)
+    if not key:
+        return False
+    results = provider.run(node, scripts.write_secret_command(), worker="all", stdin=key.encode(), timeout_s=120)
+    if not all(r.ok for r in results):
+        raise RuntimeError("writing the W&B key file failed on some worker")
+    return True
+
+
+@task(**EFFECT)
+def launch_job(provider: Provider, node: Node, train_argv: list[str]) -> None:
+    for result in provider.run(node, scripts.launch_command(train_argv), worker="all", timeout_s=120):
+        if not result.ok:
+            raise RuntimeError(f"launch failed on worker {result.worker}: {result.stderr.strip()[-500:]}")
+
+
+def _poll(provider: Provider, node: Node) -> list[dict]:
+    results = provider.run(node, scripts.monitor_command(), worker="all", timeout_s=120)
+    return [scripts.parse_monitor(r.stdout) if r.ok else {"launched": True, "alive": True} for r in results]
+
+
+@task(**EFFECT)
+def monitor_job(provider: Provider, node: Node, expected_steps: int, timeout_s: float, poll_s: float) -> JobOutcome:
+    """Poll until the job ends on every worker, one ends badly, the node is preempted, or timeout."""
+    logger, deadline, last_step = get_run_logger(), time.monotonic() + timeout_s, -1
+    while time.monotonic() < deadline:
+        current = provider.get(node.name, node.zone)
+        if current is None or current.state in ("PREEMPTED", "TERMINATED"):
+            state = current.state if current else "DELETED"
+            return JobOutcome("preempted", f"node {node.name} in {node.zone} became {state} during training")
+        statuses = _poll(provider, node)
+        if statuses[0].get("last_step", 0) != last_step:
+            last_step = statuses[0].get("last_step", 0)
+            logger.info("step %d/%d", last_step, expected_steps)
+        verdict = job_verdict(statuses, expected_steps)
+        if verdict is not None:
+            return verdict
+        time.sleep(poll_s)
+    return JobOutcome("timeout", f"job did not finish within {timeout_s:.0f}s (last step {last_step})")
+
+
+@task(retries=2, retry_delay_seconds=5, **EFFECT)
+def fetch_results(provider: Provider, node: Node, dest: str) -> list[str]:
+    """Copy the log, metrics and summary of every worker (missing files are skipped)."""
+    fetched = []
+    for worker in range(node.workers):
+        for remote in FETCHED:
+            local = Path(dest) / (f"worker-{worker}" if node.workers > 1 else "") / Path(remote).name
+            try:
+                provider.copy_from(node, remote, str(local), worker=worker)
+            except (FileNotFoundError, OSError):
+                continue
+            fetched.append(str(local))
+    return fetched
+
+
+@task(retries=2, retry_delay_seconds=10, **EFFECT)
+def delete_node(provider: Provider, name: str, zone: str) -> bool:
+    deleted = provider.delete(name, zone)
+    get_run_logger().info("deleted %s in %s" if deleted else "%s in %s was already gone", name, zone)
+    return deleted
+
+
+@task(retries=2, retry_delay_seconds=10, **EFFECT)
+def delete_labelled(provider: Provider, labels: dict[str, str], zones: list[str]) -> list[str]:
+    """Delete every node carrying `labels` in `zones` (teardown when the winning zone is unknown)."""
+    nodes = provider.list(labels, tuple(zones))
+    for node in nodes:
+        provider.delete(node.name, node.zone)
+    return [f"{n.name}@{n.zone}" for n in nodes]
+
+
+@task(**EFFECT)
+def list_nodes(provider: Provider, labels: dict[str, str], zones: list[str]) -> list[Node]:
+    return provider.list(labels, tuple(zones))
+
+
+@task(**EFFECT)
+def publish_report(markdown: str, key: str, description: str) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=markdown, key=key, description=description)
+
+
+@contextlib.contextmanager
+def tpu_slot(accelerator_type: str):
+    """Hold one slot of the global concurrency limit `tpu-<type>` (guards quota).
+
+    Without a configured limit (or a server that has none) the run goes ahead unguarded."""
+    from prefect.concurrency.sync import concurrency
+
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(concurrency(f"tpu-{accelerator_type}", occupy=1, strict=False))
+    except Exception as exc:  # noqa: BLE001 - a missing limit must not block a smoke run
+        get_run_logger().warning("no concurrency limit tpu-%s (%s); running unguarded", accelerator_type, exc)
+    with stack:
+        yield

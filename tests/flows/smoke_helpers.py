@@ -1,0 +1,33 @@
+"""Shared pieces of the smoke-flow tests: a throwaway git repo holding the stand-in job."""
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_JOB = ("repo/tests/tpu/fake_job.py",)
+SECRET = "wandb-fake-9f8e7d6c5b4a-planted-key"
+
+
+def git(repo: Path, *args: str) -> str:
+    argv = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def make_repo(path: Path, with_origin: bool = False) -> str:
+    (path / "tests" / "tpu").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "tpu" / "fake_job.py", path / "tests" / "tpu" / "fake_job.py")
+    (path / "cfg.yaml").write_text("train:\n  steps: 3\n")
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    git(path, "add", ".")
+    git(path, "commit", "-qm", "x")
+    if with_origin:
+        subprocess.run(["git", "init", "-q", "--bare", str(path.parent / "origin.git")], check=True)
+        git(path, "remote", "add", "origin", str(path.parent / "origin.git"))
+        git(path, "push", "-q", "origin", "HEAD:refs/heads/main")
+        git(path, "fetch", "-q", "origin")
+    return git(path, "rev-parse", "HEAD")
+
+
+def grep_tree(root: Path, needle: str) -> list[str]:
+    """Files under root whose bytes contain needle."""
+    return [str(p) for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
