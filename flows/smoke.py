@@ -23,25 +23,17 @@ from tasks.tpu import (SmokeFailed, create_node, delete_labelled, delete_node, f
                        publish_report, run_commands, run_preflight, tpu_slot, wait_until_ready, write_secret)
 from tpu import scripts
 from tpu.errors import JobOutcome
-from tpu.provider import OWNER_LABEL, RUN_LABEL, Provider
+from tpu.provider import OWNER_LABELS, RUN_LABEL, Provider
 from tpu.report import StageReport, artifact_key
 from tpu.repo import PROJECT_ROOT, Checkout, read_file_at, resolve_checkout
+from tpu.teardown import delete_run_nodes
 from tpu.spec import ProviderKind, SmokeTimeouts, TpuRequest, make_provider, node_name, node_spec
-
-
-def delete_run_nodes(flow, flow_run, state) -> None:
-    """Cancellation/crash hook: delete every node labelled with this run, in any requested zone."""
-    params = flow_run.parameters
-    tpu = TpuRequest.model_validate(params.get("tpu") or {})
-    backend = make_provider(params.get("provider", "gcp"), tpu)
-    for node in backend.list({RUN_LABEL: node_name(str(flow_run.id))}, tuple(tpu.zones)):
-        backend.delete(node.name, node.zone)
 
 
 def _run_on_vm(backend: Provider, tpu: TpuRequest, checkout: Checkout, train_argv: list[str], steps: int,
                timeouts: SmokeTimeouts, results: Path, secret_block: str | None, report: StageReport) -> JobOutcome:
     name = node_name(str(current_run.id or uuid.uuid4()))
-    spec = node_spec(name, tpu, {OWNER_LABEL: "smoke", RUN_LABEL: name})
+    spec = node_spec(name, tpu, {**OWNER_LABELS, RUN_LABEL: name})
     node = None
     try:
         with report.stage("provision"):

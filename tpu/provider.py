@@ -11,8 +11,9 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-# Labels every smoke VM carries; the reaper deletes nodes with OWNER_LABEL older than a TTL.
-OWNER_LABEL = "grpo-flows"
+# Labels every VM we create carries; the reaper deletes OWNER_LABELS nodes older than a TTL,
+# cancellation hooks delete the nodes whose RUN_LABEL names their flow run.
+OWNER_LABELS = {"grpo-flows": "tpu-vm"}
 RUN_LABEL = "grpo-run"
 
 

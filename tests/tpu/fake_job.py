@@ -44,7 +44,7 @@ def main() -> None:
             for phase in ("rollout", "reward", "advantage", "update"):
                 fault(phase, step)
             time.sleep(delay)
-            row = {"step": step, "loss": 0.5 / step, "reward_mean": 0.1 * step, "step_time_s": delay}
+            row = {"step": step, "loss": 0.5 / step, "reward_mean": 0.1 * step, "step_seconds": delay}
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
             print(f"step={step} loss={row['loss']:.4f} reward_mean={row['reward_mean']:.3f}", flush=True)
