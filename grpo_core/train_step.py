@@ -1,0 +1,222 @@
+"""The GRPO update: one jitted, mesh-sharded function per training step.
+
+`Trainer.step(params, opt_state, batch)` runs `ppo_epochs` optimizer updates over the
+step's batch. Each update accumulates gradients over `micro_batches` slices with a
+`lax.scan` inside the same jit, so there is one dispatch and no host round-trip.
+
+Invariance by construction: every micro-batch loss is divided by the aggregation's
+denominator of the WHOLE step batch (computed inside the jit on the global, sharded
+mask, hence over all devices and processes), so the summed gradients equal the gradient
+of the unsplit loss. Micro-batch m takes rows m, m+M, m+2M, ...: with the batch sharded
+in contiguous blocks over ("dp", "fsdp"), every micro-batch then spans all devices and
+slicing moves no data between them.
+
+Log-prob convention (shared with the sampler): logps_bt[b, t] = log p(tokens[b, t] |
+tokens[b, :t]) from log_softmax(logits / temperature), 0 at t = 0. completion_mask_bt
+marks the sampled tokens at their own positions.
+
+old_logps: taken from the batch when it holds "old_logps_bt"; otherwise they are the
+stop-gradient of the first epoch's own log-probs (no extra forward), and kept for later
+epochs. Reference log-probs (beta > 0): from "ref_logps_bt" in the batch, else one
+forward of `ref_params` per micro-batch in the first epoch, kept likewise.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from grpo_core.loss import loss_denominator, policy_loss
+from grpo_core.models.config import ModelConfig
+from grpo_core.models.decoder import forward
+from grpo_core.sharding import batch_sharding, batch_shards
+
+REQUIRED_KEYS = ("tokens_bt", "positions_bt", "attn_mask_bt", "completion_mask_bt", "advantages_b")
+OPTIONAL_KEYS = ("old_logps_bt", "ref_logps_bt")
+# policy_loss metrics that are token means; combined over micro-batches weighted by tokens.
+_TOKEN_MEAN_METRICS = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean",
+                       "pg_loss", "kl", "entropy")
+
+
+def token_logps(logits_btv, targets_bt, temperature: float, with_entropy: bool = False):
+    """log p(target) under log_softmax(logits / temperature), and optionally the entropy.
+
+    logits_btv: float32 [B, T, V]; targets_bt: int [B, T]. Returns (logps [B, T],
+    entropy [B, T] or None). temperature <= 0 (greedy sampling) scores at temperature 1.
+    """
+    z = logits_btv / (temperature if temperature > 0 else 1.0)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    logps = jnp.take_along_axis(z, targets_bt[..., None], axis=-1)[..., 0] - lse
+    if not with_entropy:
+        return logps, None
+    z = jax.lax.stop_gradient(z)
+    entropy = jax.lax.stop_gradient(lse) - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+    return logps, entropy
+
+
+def sequence_logps(params, batch, cfg: ModelConfig, temperature: float, *,
+                   remat: bool = False, with_entropy: bool = False, mesh=None):
+    """Per-token log-probs [B, T] (0 at t=0) of batch["tokens_bt"] from one forward pass,
+    and the per-token entropy [B, T] (or None). mesh: pins activations (see forward)."""
+    tokens = batch["tokens_bt"]
+    logits, _ = forward(params, tokens[:, :-1], cfg, positions_bt=batch["positions_bt"][:, :-1],
+                        attn_mask_bt=batch["attn_mask_bt"][:, :-1], remat=remat, mesh=mesh)
+    logps, entropy = token_logps(logits, tokens[:, 1:], temperature, with_entropy)
+    first = jnp.zeros_like(logps[:, :1])
+    logps = jnp.concatenate([first, logps], axis=1)
+    if entropy is not None:
+        entropy = jnp.concatenate([first, entropy], axis=1)
+    return logps, entropy
+
+
+def _split_micro_batches(batch: dict, micro_batches: int) -> dict:
+    """[B, ...] -> [M, B // M, ...]; micro-batch m holds rows m, m + M, ... (see module doc)."""
+    def split(x):
+        x = x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+    return {k: split(v) for k, v in batch.items()}
+
+
+def _loss_settings(loss_cfg) -> dict:
+    """policy_loss keyword arguments from any object with the LossSection attributes."""
+    defaults = dict(agg="token_mean", clip_eps_low=0.2, clip_eps_high=0.2, beta=0.0,
+                    clip_ratio_c=None, max_completion_length=None)
+    if loss_cfg is None:
+        return defaults
+    return {k: getattr(loss_cfg, k, v) for k, v in defaults.items()}
+
+
+class Trainer:
+    """Holds the update's static settings and its compiled step.
+
+    model_cfg: ModelConfig; optimizer: optax GradientTransformation; loss_cfg: object with
+    the LossSection fields (agg, clip_eps_low, clip_eps_high, beta, clip_ratio_c,
+    max_completion_length) or None for defaults; mesh: jax Mesh with ("dp","fsdp","tp").
+    """
+
+    def __init__(self, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                 loss_cfg=None, *, mesh, micro_batches: int = 1, ppo_epochs: int = 1,
+                 temperature: float = 1.0, remat: bool = False, with_entropy: bool = True):
+        self.cfg, self.optimizer, self.mesh = model_cfg, optimizer, mesh
+        self.loss_kwargs = _loss_settings(loss_cfg)
+        if self.loss_kwargs["agg"] == "seq_mean_token_sum_norm" and \
+                self.loss_kwargs["max_completion_length"] is None:
+            raise ValueError("seq_mean_token_sum_norm needs loss.max_completion_length "
+                             "(resolve null to rollout.max_new_tokens before building the Trainer)")
+        self.micro_batches, self.ppo_epochs = int(micro_batches), int(ppo_epochs)
+        self.temperature, self.remat, self.with_entropy = temperature, remat, with_entropy
+        self._compiled = None
+
+    # ---- host-side entry points ------------------------------------------------------
+
+    def init_opt_state(self, params):
+        """Optimizer state, sharded like the params it mirrors (jitted init)."""
+        return jax.jit(self.optimizer.init)(params)
+
+    def shard_batch(self, local_batch: dict) -> dict:
+        """Global arrays sharded over the batch axes from this process's rows [B_local, ...]."""
+        return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
+                for k, v in local_batch.items() if k in REQUIRED_KEYS + OPTIONAL_KEYS}
+
+    def step(self, params, opt_state, batch: dict, ref_params=None):
+        """One training step. params and opt_state are donated: use the returned ones.
+
+        batch: tokens_bt, positions_bt, attn_mask_bt, completion_mask_bt [B, T] and
+        advantages_b [B] (optionally old_logps_bt, ref_logps_bt [B, T]), global arrays
+        (see `shard_batch`). ref_params: frozen reference, needed when beta > 0 and the
+        batch has no ref_logps_bt. Returns (params, opt_state, metrics of device scalars).
+        """
+        self._check_batch(batch, ref_params)
+        if self._compiled is None:
+            self._compiled = self._compile(params, opt_state)
+        return self._compiled(params, opt_state, batch, ref_params)
+
+    def _check_batch(self, batch: dict, ref_params) -> None:
+        missing = [k for k in REQUIRED_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"train batch lacks {missing}")
+        rows = batch["tokens_bt"].shape[0]
+        shards = self.micro_batches * batch_shards(self.mesh)
+        if rows % shards:
+            raise ValueError(f"{rows} sequences do not split into {self.micro_batches} micro-batches "
+                             f"x {batch_shards(self.mesh)} batch shards; use a multiple of {shards}")
+        if self.loss_kwargs["beta"] > 0 and "ref_logps_bt" not in batch and ref_params is None:
+            raise ValueError("loss.beta > 0 needs ref_params or batch['ref_logps_bt']")
+
+    def _compile(self, params, opt_state):
+        """jit with outputs sharded exactly like the donated inputs, so buffers are reused."""
+        shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+        param_shardings = shardings(params)
+        fn = lambda p, s, b, r: self._update(p, s, b, r, param_shardings)
+        return jax.jit(fn, donate_argnums=(0, 1),
+                       out_shardings=(param_shardings, shardings(opt_state), None))
+
+    # ---- traced ----------------------------------------------------------------------
+
+    def _update(self, params, opt_state, batch, ref_params, param_shardings):
+        """All epochs of one step; returns (params, opt_state, metrics)."""
+        mask = batch["completion_mask_bt"].astype(jnp.float32).at[:, 0].set(0.0)
+        batch = dict(batch, completion_mask_bt=mask)
+        den = loss_denominator(self.loss_kwargs["agg"], mask, self.loss_kwargs["max_completion_length"])
+        mbs = _split_micro_batches(batch, self.micro_batches)
+        per_epoch = []
+        for epoch in range(self.ppo_epochs):
+            keep = epoch == 0 and self.ppo_epochs > 1
+            grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep)
+            mbs.update(kept)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            per_epoch.append(dict(metrics, grad_norm=optax.tree.norm(grads)))
+        metrics = {k: sum(m[k] for m in per_epoch) / self.ppo_epochs for k in per_epoch[0]}
+        metrics["tokens"] = jnp.sum(mask)
+        return params, opt_state, metrics
+
+    def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep):
+        """Gradient (float32) and token-weighted metrics summed over the micro-batches."""
+        def body(carry, mb):
+            grads, sums = carry
+            (loss, (metrics, kept)), g = jax.value_and_grad(self._loss, has_aux=True)(
+                params, mb, den, ref_params)
+            grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+            sums = _add_metrics(sums, loss, metrics)
+            return (grads, sums), (kept if keep else {})
+
+        zeros = jax.tree.map(lambda p, s: jax.lax.with_sharding_constraint(
+            jnp.zeros(p.shape, jnp.float32), s), params, param_shardings)
+        (grads, sums), kept = jax.lax.scan(body, (zeros, self._zero_sums()), mbs)
+        tokens = jnp.maximum(sums.pop("tokens"), 1.0)
+        metrics = {k: (v if k == "loss" else v / tokens) for k, v in sums.items()}
+        return grads, metrics, kept
+
+    def _loss(self, params, mb, den, ref_params):
+        """Micro-batch loss (divided by the whole-batch `den`), metrics, and logps to keep."""
+        logps, entropy = sequence_logps(params, mb, self.cfg, self.temperature, remat=self.remat,
+                                        with_entropy=self.with_entropy, mesh=self.mesh)
+        old = mb.get("old_logps_bt")
+        old = jax.lax.stop_gradient(logps) if old is None else old
+        ref = mb.get("ref_logps_bt")
+        if ref is None and self.loss_kwargs["beta"] > 0:
+            ref = jax.lax.stop_gradient(sequence_logps(
+                ref_params, mb, self.cfg, self.temperature, remat=self.remat, mesh=self.mesh)[0])
+        loss, metrics = policy_loss(logps, old, mb["advantages_b"], mb["completion_mask_bt"],
+                                    ref_logps=ref, normalizer=den, entropy=entropy,
+                                    **self.loss_kwargs)
+        kept = {"old_logps_bt": old} | ({} if ref is None else {"ref_logps_bt": ref})
+        return loss, (metrics, kept)
+
+    def _zero_sums(self) -> dict:
+        names = ["loss", "tokens", "clip_frac_low", "clip_frac_high", "ratio_mean", "pg_loss"]
+        names += ["clip_frac_dual"] if self.loss_kwargs["clip_ratio_c"] is not None else []
+        names += ["entropy"] if self.with_entropy else []
+        names += ["kl"] if self.loss_kwargs["beta"] > 0 else []
+        return {k: jnp.zeros((), jnp.float32) for k in names}
+
+
+def _add_metrics(sums: dict, loss, metrics: dict) -> dict:
+    """Running sums: the loss adds up (whole-batch denominator); token means are weighted."""
+    out = dict(sums, loss=sums["loss"] + loss, tokens=sums["tokens"] + metrics["tokens"])
+    for k in sums:
+        if k in _TOKEN_MEAN_METRICS:
+            out[k] = sums[k] + metrics[k] * metrics["tokens"]
+    return out
+
