@@ -1,0 +1,36 @@
+"""`grpo train`: run (or resume) training as Prefect flows.
+
+With no PREFECT_API_URL set, Prefect starts its embedded local server for the run.
+"""
+import argparse
+from pathlib import Path
+
+
+def default_run_dir(config_path: str) -> Path:
+    return Path("runs") / Path(config_path).stem
+
+
+def train(args: argparse.Namespace) -> int:
+    from schemas import load_run_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    import asyncio
+
+    import jax
+
+    cfg.derive(jax.process_count(), jax.device_count())  # batch errors before any Prefect start-up
+    from flows.train import train_flow
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+    summary = asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
+    print(f"done: {summary['steps']} steps in {run_dir} (params sha256 {summary['params_sha256'][:16]})")
+    return 0
+
+
+def register(subparsers) -> None:
+    from flows.cli.main import add_config_arguments
+
+    parser = subparsers.add_parser("train", help="train (resumes when --run-dir already holds this run)")
+    add_config_arguments(parser)
+    parser.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
+    parser.set_defaults(handler=train)

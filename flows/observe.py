@@ -1,0 +1,161 @@
+"""What a run reports: metrics.jsonl, a `step=N` log line, a progress bar, W&B (process 0),
+Prefect artifacts (metrics table, progress, summary), a reward-curve PNG and summary.json.
+
+Only process 0 writes run-level files and talks to W&B and the Prefect API.
+"""
+import hashlib
+import json
+import re
+import time
+
+import jax
+import numpy as np
+
+from flows.wandb_sink import WandbSink
+from grpo_core.artifacts import atomic_write_bytes
+
+CORE_COLUMNS = ("step", "reward_mean", "reward_gsm8k_correct_mean", "pass@k", "loss", "kl", "grad_norm",
+                "completion_length_mean", "step_seconds", "cached")
+
+
+def params_sha256(params) -> str:
+    """sha256 over every parameter's bytes, leaves in a fixed (sorted key path) order."""
+    digest = hashlib.sha256()
+    leaves = sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0]))
+    for path, leaf in leaves:
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return digest.hexdigest()
+
+
+def step_record(step: int, manifests: dict, timings: dict[str, float], wall: float) -> dict:
+    """One metrics.jsonl line: every phase's stats, timings and orchestration overhead."""
+    record = {"step": step}
+    for manifest in manifests.values():
+        record.update(manifest.stats)
+    computed = sum(timings.values())
+    record.update({f"time_{phase}": seconds for phase, seconds in timings.items()})
+    record["step_seconds"] = wall
+    record["cached"] = not timings
+    if timings:
+        record["orchestration_overhead_s"] = max(wall - computed, 0.0)
+        record["orchestration_overhead_frac"] = record["orchestration_overhead_s"] / max(wall, 1e-9)
+    rollout_seconds = timings.get("rollout") or manifests["rollout"].seconds
+    record["rollout_tokens_per_s"] = manifests["rollout"].stats.get("sampled_tokens", 0.0) / max(rollout_seconds, 1e-9)
+    return record
+
+
+def artifact_key(run_id: str, kind: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{run_id}-{kind}".lower()).strip("-")
+
+
+class RunObserver:
+    def __init__(self, session):
+        self.session, self.cfg = session, session.cfg
+        self.is_main = session.process_index == 0
+        self.path = session.run_dir / "metrics.jsonl"
+        self.records = self._load()
+        self.started = time.perf_counter()
+        self.wandb = WandbSink(self.cfg, session.run_dir) if self.is_main else None
+        self.progress = ProgressBar(self.cfg) if self.is_main else None
+        self._progress_artifact = None
+
+    def _load(self) -> dict[int, dict]:
+        if not self.path.exists():
+            return {}
+        return {r["step"]: r for r in map(json.loads, self.path.read_text().splitlines()) if r}
+
+    def step_done(self, step: int, manifests: dict, wall: float) -> None:
+        record = step_record(step, manifests, self.session.timings.get(step, {}), wall)
+        if record["cached"] and step in self.records:
+            record = {**self.records[step], "cached": True, "step_seconds": wall}
+        self.records[step] = record
+        if not self.is_main:
+            return
+        lines = "".join(json.dumps(self.records[k], sort_keys=True) + "\n" for k in sorted(self.records))
+        atomic_write_bytes(self.path, lines.encode())
+        print(_log_line(record), flush=True)
+        if self.wandb and not record["cached"]:
+            self.wandb.log(record, step)
+        if self.progress:
+            self.progress.advance()
+        self._prefect_progress(step)
+
+    def _prefect_progress(self, step: int) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        percent = 100.0 * (step + 1) / self.cfg.train.steps
+        if self._progress_artifact is None:
+            self._progress_artifact = create_progress_artifact(
+                percent, key=artifact_key(self.session.run_id, "progress"), description="training steps done", _sync=True)
+        else:
+            update_progress_artifact(self._progress_artifact, percent, _sync=True)
+
+    def finish(self) -> dict:
+        from flows.report import write_reports
+
+        summary = {
+            "run_id": self.session.run_id,
+            "steps": self.cfg.train.steps,
+            "final_metrics": self.records.get(self.cfg.train.steps - 1, {}),
+            "params_sha256": params_sha256(self.session.params),
+            "wall_seconds": time.perf_counter() - self.started,
+        }
+        summary.update(_reward_trend(self.records))
+        if self.is_main:
+            write_reports(self.session, self.records, summary, artifact_key)
+            if self.wandb:
+                self.wandb.summary(summary)
+        return summary
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+        if self.wandb:
+            self.wandb.close()
+
+
+def _reward_trend(records: dict[int, dict]) -> dict:
+    """Mean correctness of the first and last five steps (the quickstart's headline)."""
+    steps = sorted(records)
+    values = [records[s].get("reward_gsm8k_correct_mean") for s in steps]
+    values = [v for v in values if v is not None]
+    if not values:
+        return {}
+    return {"first5_correct_mean": float(np.mean(values[:5])), "last5_correct_mean": float(np.mean(values[-5:]))}
+
+
+def _log_line(record: dict) -> str:
+    parts = [f"step={record['step']}"]
+    for name in CORE_COLUMNS[1:]:
+        value = record.get(name)
+        if isinstance(value, bool):
+            parts.append(f"{name}={str(value).lower()}")
+        elif value is not None:
+            parts.append(f"{name}={value:.4g}")
+    return " ".join(parts)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr when enabled and attached to a terminal."""
+
+    def __init__(self, cfg):
+        import sys
+
+        self.bar = None
+        if cfg.logging.progress_bar and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("training", total=cfg.train.steps)
+
+    def __bool__(self) -> bool:
+        return self.bar is not None
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+
+    def stop(self) -> None:
+        self.bar.stop()

@@ -1,0 +1,126 @@
+"""The four phases of a training step as pure functions over Arrow tables.
+
+rollout -> reward -> advantage build tables (see grpo_core.artifacts for the columns);
+`update_batch` turns the rollout and advantage tables back into the padded arrays the
+train step consumes. The orchestration layer (tasks/) only writes these tables to disk
+and caches their manifests.
+"""
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from grpo_core.advantages import compute_advantages, group_correctness_stats
+from grpo_core.artifacts import ADVANTAGE_SCHEMA, ROLLOUT_SCHEMA, id_columns, reward_schema
+from grpo_core.rewards import compute_rewards
+from grpo_core.sampling import generate
+from grpo_core.tokenizer import build_prompt_ids
+
+CORRECTNESS_REWARD = "gsm8k_correct"
+
+
+def prompt_token_ids(tokenizer, items: Sequence[Mapping], system_prompt, chat_template, max_prompt_tokens) -> list[list[int]]:
+    return [build_prompt_ids(tokenizer, it["question"], system_prompt, chat_template, max_prompt_tokens) for it in items]
+
+
+def rollout_table(model, items: Sequence[Mapping], *, step: int, n: int, max_new_tokens: int,
+                  temperature: float, top_p: float, top_k: int, seed: int, system_prompt=None,
+                  chat_template=None, max_prompt_tokens: int = 256, mesh=None) -> pa.Table:
+    """Sample n completions for each item with the current policy; one row per sequence."""
+    prompts = prompt_token_ids(model.tokenizer, items, system_prompt, chat_template, max_prompt_tokens)
+    result = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                      seed=seed, n=n, mesh=mesh)
+    rows = len(items) * n
+    group = np.repeat(np.arange(len(items), dtype=np.int32), n)
+    sample = np.tile(np.arange(n, dtype=np.int32), len(items))
+    item_of = [items[g] for g in group]
+    completions = [list(map(int, t)) for t in result.tokens]
+    columns = {
+        "step": np.full(rows, step, np.int32),
+        "prompt_id": np.array([int(it["prompt_id"]) for it in item_of], np.int64),
+        "group_id": group,
+        "sample_id": sample,
+        "question": [it["question"] for it in item_of],
+        "ground_truth": [it["ground_truth"] for it in item_of],
+        "prompt_ids": [prompts[g] for g in group],
+        "completion_ids": completions,
+        "completion_text": [model.tokenizer.decode(t) for t in completions],
+        "old_logps": [np.asarray(lp, np.float32).tolist() for lp in result.logps],
+        "finish_reason": list(result.finish_reason),
+        "prompt_length": np.array([len(prompts[g]) for g in group], np.int32),
+        "completion_length": np.array([len(t) for t in completions], np.int32),
+    }
+    return pa.Table.from_pydict(columns, schema=ROLLOUT_SCHEMA)
+
+
+def rollout_stats(table: pa.Table) -> dict[str, float]:
+    lengths = np.asarray(table.column("completion_length"))
+    truncated = np.asarray(table.column("finish_reason").to_pylist()) == "length"
+    return {
+        "completion_length_mean": float(lengths.mean()),
+        "completion_length_max": float(lengths.max()),
+        "truncation_rate": float(truncated.mean()),
+        "sampled_tokens": float(lengths.sum()),
+    }
+
+
+def reward_table(rollout: pa.Table, specs) -> tuple[pa.Table, dict[str, float]]:
+    """Per-function and weighted total rewards for every sequence of the rollout table."""
+    items = [{"question": q, "answer": f"#### {gt}", "ground_truth": gt}
+             for q, gt in zip(rollout.column("question").to_pylist(), rollout.column("ground_truth").to_pylist())]
+    total, per_fn = compute_rewards(items, rollout.column("completion_text").to_pylist(), specs)
+    columns = dict(id_columns(rollout))
+    columns.update({f"reward_{name}": values for name, values in per_fn.items()})
+    columns["reward_total"] = total
+    table = pa.Table.from_pydict(columns, schema=reward_schema(list(per_fn)))
+    stats = {"reward_mean": float(total.mean()), "reward_std": float(total.std())}
+    stats.update({f"reward_{name}_mean": float(v.mean()) for name, v in per_fn.items()})
+    return table, stats
+
+
+def advantage_table(rewards: pa.Table, group_size: int, estimator: str, eps: float, std_ddof: int,
+                    clip: float | None) -> tuple[pa.Table, dict[str, float]]:
+    """Group advantages of the total reward, plus group statistics (pass@k when gsm8k_correct is used)."""
+    total = np.asarray(rewards.column("reward_total"), np.float32)
+    adv, stats = compute_advantages(estimator, total, group_size, eps=eps, std_ddof=std_ddof, clip=clip)
+    correct_column = f"reward_{CORRECTNESS_REWARD}"
+    if correct_column in rewards.column_names:
+        stats.update(group_correctness_stats(np.asarray(rewards.column(correct_column)), group_size))
+    columns = dict(id_columns(rewards))
+    columns.update({"reward_total": total, "advantage": adv})
+    return pa.Table.from_pydict(columns, schema=ADVANTAGE_SCHEMA), stats
+
+
+def _bucket(length: int, multiple: int) -> int:
+    return max(multiple, -(-length // multiple) * multiple)
+
+
+def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, pad_id: int,
+                 prompt_bucket: int = 64) -> dict[str, np.ndarray]:
+    """Padded train-step arrays [B, T]: left-padded prompt, then completion, then right padding.
+
+    T = (longest prompt rounded up to `prompt_bucket`) + max_new_tokens, so a run compiles
+    the update for a handful of shapes only. Returns tokens_bt, positions_bt, attn_mask_bt,
+    completion_mask_bt (int32) and advantages_b (float32).
+    """
+    prompts = rollout.column("prompt_ids").to_pylist()
+    completions = rollout.column("completion_ids").to_pylist()
+    width = _bucket(max(len(p) for p in prompts), prompt_bucket)
+    total = width + max_new_tokens
+    tokens = np.full((len(prompts), total), pad_id, np.int32)
+    attn = np.zeros_like(tokens)
+    completion_mask = np.zeros_like(tokens)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        start = width - len(prompt)
+        end = width + len(completion)
+        tokens[row, start:width], tokens[row, width:end] = prompt, completion
+        attn[row, start:end] = 1
+        completion_mask[row, width:end] = 1
+    positions = np.maximum(np.cumsum(attn, axis=1) - 1, 0).astype(np.int32)
+    return {
+        "tokens_bt": tokens,
+        "positions_bt": positions,
+        "attn_mask_bt": attn,
+        "completion_mask_bt": completion_mask,
+        "advantages_b": np.asarray(advantages.column("advantage"), np.float32),
+    }

@@ -1,0 +1,90 @@
+"""Turn the `model:` config section into a loaded `Model` (weights + tokenizer).
+
+Sources, in order: a random init of an architecture preset (init=random), a pullable
+model name (smollm2-135m-instruct, converted once into the local cache), a local
+HF-format directory, or an HF hub id (org/name; needs network, e.g. on a TPU VM).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from grpo_core.errors import UserError
+from grpo_core.models.config import PRESETS
+from grpo_core.models.decoder import init_params, param_logical_axes
+from grpo_core.models.hub import PULLABLE_MODELS
+from grpo_core.models.loading import load_pretrained
+from grpo_core.models.model import Model
+from grpo_core.sharding import shard_params
+from grpo_core.tokenizer import make_chat_tokenizer
+
+
+def _fit_config(cfg, tokenizer):
+    """Stop on every turn-end id the tokenizer knows; grow a random model's vocab to fit it."""
+    return dataclasses.replace(
+        cfg,
+        vocab_size=max(cfg.vocab_size, tokenizer.vocab_size),
+        eos_token_ids=tuple(dict.fromkeys((*cfg.eos_token_ids, *tokenizer.eos_token_ids))),
+        pad_token_id=tokenizer.pad_token_id if cfg.pad_token_id is None else cfg.pad_token_id,
+    )
+
+
+def _random_model(section, seed: int, mesh, chat_template) -> Model:
+    if section.name_or_path not in PRESETS:
+        raise UserError(
+            f"model.name_or_path={section.name_or_path!r} is not an architecture preset; with model.init=random "
+            f"use one of {sorted(PRESETS)}"
+        )
+    if section.tokenizer is None:
+        raise UserError("model.init=random needs model.tokenizer ('byte' or a directory with tokenizer.json)")
+    tokenizer = make_chat_tokenizer(section.tokenizer, chat_template=chat_template)
+    cfg = _fit_config(PRESETS[section.name_or_path], tokenizer)
+    params = init_params(cfg, jax.random.PRNGKey(seed), dtype=getattr(jnp, section.dtype))
+    return Model(cfg, shard_params(params, param_logical_axes(cfg), mesh), tokenizer)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as exc:  # offline, unknown repo, gated repo ...
+        raise UserError(
+            f"could not download model.name_or_path={repo_id!r} from the model hub ({type(exc).__name__}); "
+            "use a local HF-format directory or smollm2-135m-instruct"
+        ) from None
+
+
+def model_directory(name: str) -> Path:
+    """The HF-format directory for a pullable name, a local path or a hub id."""
+    if name in PULLABLE_MODELS:
+        from tasks.models import pull_model
+
+        return pull_model(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return _hub_snapshot(name)
+    raise UserError(
+        f"model.name_or_path={name!r} is neither a pullable model ({', '.join(PULLABLE_MODELS)}), "
+        "an existing directory nor an org/name hub id"
+    )
+
+
+def resolve_model(section, seed: int, mesh, chat_template: str | None = None) -> Model:
+    """The `Model` the config asks for, params sharded over `mesh`, with a `ChatTokenizer`."""
+    if section.init == "random":
+        return _random_model(section, seed, mesh, chat_template)
+    directory = model_directory(section.name_or_path)
+    model = load_pretrained(directory, dtype=section.dtype, mesh=mesh)
+    tokenizer = make_chat_tokenizer(section.tokenizer, directory, chat_template)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(
+            f"model.tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
+            f"{model.config.vocab_size}; use the model's own tokenizer (model.tokenizer: null)"
+        )
+    return Model(_fit_config(model.config, tokenizer), model.params, tokenizer)

@@ -1,0 +1,107 @@
+"""The four phase tasks of a training step (+ eval): a few lines around one grpo_core call.
+
+Each task takes a `PhaseInput` (its cache key material), finds the run's session, runs
+the phase, writes the artifact atomically under the run directory and returns a small
+`PhaseManifest`. Prefect caches the manifest (see tasks/cache.py), never the model.
+"""
+import json
+import time
+from pathlib import Path
+
+from prefect import task
+
+from grpo_core.artifacts import SCHEMA_VERSION, atomic_write_bytes, read_table, sha256_file, write_table
+from grpo_core import phases
+from grpo_core.errors import UserError
+from schemas.manifests import PhaseManifest
+from tasks.cache import PhaseInput
+from tasks.faults import maybe_inject_fault
+from tasks.session import get_session
+
+
+def artifact_path(session, step: int, phase: str, suffix: str) -> str:
+    """Path relative to the run dir; one shard per process when there are several."""
+    name = phase if session.num_processes == 1 else f"{phase}.p{session.process_index}of{session.num_processes}"
+    return f"steps/step-{step:06d}/{name}.{suffix}"
+
+
+def _finish(phase_input: PhaseInput, session, table, stats: dict, started: float) -> PhaseManifest:
+    maybe_inject_fault(phase_input.phase, phase_input.step)
+    rel = artifact_path(session, phase_input.step, phase_input.phase, "parquet")
+    digest = write_table(table, session.run_dir / rel)
+    seconds = time.perf_counter() - started
+    session.record_timing(phase_input.step, phase_input.phase, seconds)
+    return PhaseManifest(run_id=phase_input.run_id, step=phase_input.step, phase=phase_input.phase, path=rel,
+                         rows=table.num_rows, sha256=digest, schema_version=SCHEMA_VERSION, stats=stats,
+                         seconds=seconds)
+
+
+def _upstream_table(session, phase_input: PhaseInput, manifest: PhaseManifest | None = None):
+    manifest = manifest or phase_input.upstream
+    return read_table(session.run_dir / manifest.path)
+
+
+def _require_params(session, phase_input: PhaseInput) -> None:
+    """Rollout/eval can only be computed on the params version their key names."""
+    if session.params_version != phase_input.params_version:
+        raise UserError(
+            f"step {phase_input.step}'s {phase_input.phase} artifact is missing but the params it needs "
+            f"(version {phase_input.params_version}) are gone (the session is at "
+            f"version {session.params_version}); restore the run directory's steps/ folder or start a new --run-dir"
+        )
+
+
+@task(name="rollout", task_run_name="rollout-{phase_input.step}")
+def rollout(phase_input: PhaseInput) -> PhaseManifest:
+    started, session = time.perf_counter(), get_session(phase_input.run_id)
+    _require_params(session, phase_input)
+    table = session.rollout(phase_input.step)
+    return _finish(phase_input, session, table, phases.rollout_stats(table), started)
+
+
+@task(name="reward", task_run_name="reward-{phase_input.step}")
+def reward(phase_input: PhaseInput) -> PhaseManifest:
+    started, session = time.perf_counter(), get_session(phase_input.run_id)
+    table, stats = phases.reward_table(_upstream_table(session, phase_input), session.cfg.rewards)
+    return _finish(phase_input, session, table, stats, started)
+
+
+@task(name="advantage", task_run_name="advantage-{phase_input.step}")
+def advantage(phase_input: PhaseInput) -> PhaseManifest:
+    started, session = time.perf_counter(), get_session(phase_input.run_id)
+    adv = session.cfg.advantage
+    table, stats = phases.advantage_table(_upstream_table(session, phase_input), session.cfg.rollout.n,
+                                          adv.estimator, adv.eps, adv.std_ddof, adv.clip)
+    return _finish(phase_input, session, table, stats, started)
+
+
+@task(name="update", task_run_name="update-{phase_input.step}")
+def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseManifest:
+    started, session = time.perf_counter(), get_session(phase_input.run_id)
+    metrics = session.update(phase_input.step, _upstream_table(session, phase_input, rollout_manifest),
+                             _upstream_table(session, phase_input))
+    return _write_json(phase_input, session, metrics, started)
+
+
+@task(name="eval", task_run_name="eval-{phase_input.step}")
+def evaluate(phase_input: PhaseInput) -> PhaseManifest:
+    started, session = time.perf_counter(), get_session(phase_input.run_id)
+    _require_params(session, phase_input)
+    return _write_json(phase_input, session, session.evaluate(), started)
+
+
+def _write_json(phase_input: PhaseInput, session, stats: dict, started: float) -> PhaseManifest:
+    maybe_inject_fault(phase_input.phase, phase_input.step)
+    rel = artifact_path(session, phase_input.step, phase_input.phase, "json")
+    atomic_write_bytes(session.run_dir / rel, json.dumps(stats, indent=1, sort_keys=True).encode())
+    seconds = time.perf_counter() - started
+    session.record_timing(phase_input.step, phase_input.phase, seconds)
+    if phase_input.phase == "update" and session.should_checkpoint(phase_input.step):
+        session.save_checkpoint()
+    return PhaseManifest(run_id=phase_input.run_id, step=phase_input.step, phase=phase_input.phase, path=rel,
+                         rows=1, sha256=sha256_file(session.run_dir / rel), schema_version=SCHEMA_VERSION,
+                         stats=stats, seconds=seconds)
+
+
+def read_json_artifact(run_dir: str | Path, manifest: PhaseManifest) -> dict:
+    return json.loads((Path(run_dir) / manifest.path).read_text())

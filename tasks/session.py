@@ -1,0 +1,234 @@
+"""The training session: model state on device for the whole run, never in Prefect results.
+
+`TrainSession.open(cfg, run_dir)` takes the run directory's lock, loads or initialises
+the model, builds the optimizer and the train step, and restores the newest checkpoint.
+Phase tasks look the session up by run id (`get_session`), so the Prefect tasks only
+ever pass small manifests around.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_core import phases
+from grpo_core.checkpoint import Checkpoints
+from grpo_core.data import make_prompt_stream
+from grpo_core.errors import UserError
+from grpo_core.models.model import Model
+from grpo_core.optim import build_lr_schedule, build_optimizer
+from grpo_core.sharding import make_mesh
+from grpo_core.train_step import Trainer
+from schemas.loading import config_to_yaml
+from schemas.run import RunConfig
+from tasks.model_source import resolve_model
+
+_SESSIONS: dict[str, "TrainSession"] = {}
+
+
+def get_session(run_id: str) -> "TrainSession":
+    if run_id not in _SESSIONS:
+        raise RuntimeError(f"no open training session for run {run_id}")
+    return _SESSIONS[run_id]
+
+
+class RunLock:
+    """An exclusive flock on run_dir/run.lock; released by the OS if the process dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.lock"
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise UserError(
+                f"run directory {run_dir} is in use by another `grpo train` (pid {holder}); "
+                "wait for it to finish or pass another --run-dir"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
+    """A run directory holds one run: only train.steps, eval and logging may change on resume."""
+    saved = run_dir / "config.yaml"
+    mutable = {"train": {"steps"}, "logging": None, "eval": None}
+    if saved.exists():
+        from schemas.loading import read_yaml
+
+        old = RunConfig.model_validate(read_yaml(saved)).model_dump(mode="json")
+        new = cfg.model_dump(mode="json")
+        for section, fields in mutable.items():
+            for tree in (old, new):
+                if fields is None:
+                    tree.pop(section, None)
+                else:
+                    for field in fields:
+                        tree[section].pop(field, None)
+        changed = sorted(k for k in new if new[k] != old.get(k))
+        if changed:
+            raise UserError(
+                f"run directory {run_dir} holds a run with a different config (sections {', '.join(changed)} "
+                "differ); resume it with its own config.yaml or pass a new --run-dir"
+            )
+
+
+class TrainSession:
+    def __init__(self, cfg: RunConfig, run_dir: Path):
+        self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_dir.resolve().name
+        self.num_processes, self.process_index = jax.process_count(), jax.process_index()
+        self.derived = cfg.derive(self.num_processes, jax.device_count())
+        shape = None if cfg.mesh.shape == "auto" else cfg.mesh.shape.model_dump()
+        self.mesh = make_mesh(shape)
+        model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
+        self.model_cfg, self.tokenizer = model.config, model.tokenizer
+        self.params = model.params
+        optimizer = build_optimizer(cfg.train.optimizer, cfg.train.steps)
+        self.schedule_lr = build_lr_schedule(cfg.train.optimizer.lr_schedule, cfg.train.steps)
+        loss_cfg = cfg.loss.model_copy(update={"max_completion_length": cfg.loss.max_completion_length or cfg.rollout.max_new_tokens})
+        self.trainer = Trainer(
+            self.model_cfg, optimizer, loss_cfg, mesh=self.mesh, micro_batches=self.derived.grad_accum_steps,
+            ppo_epochs=cfg.train.ppo_epochs, temperature=cfg.rollout.temperature, remat=cfg.model.remat,
+        )
+        self.opt_state = self.trainer.init_opt_state(self.params)
+        self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
+        self.stream = make_prompt_stream(cfg.data)
+        self.checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        self.params_version = 0
+        self.timings: dict[int, dict[str, float]] = {}
+        self._restore_latest()
+
+    @classmethod
+    def open(cls, cfg: RunConfig, run_dir: str | Path) -> "TrainSession":
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        try:
+            _check_same_run(run_dir, cfg)
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            session = cls(cfg, run_dir)
+        except BaseException:
+            lock.release()
+            raise
+        session._lock = lock
+        _SESSIONS[session.run_id] = session
+        return session
+
+    def close(self) -> None:
+        _SESSIONS.pop(self.run_id, None)
+        self.checkpoints.close()
+        self._lock.release()
+
+    # ---- model state -------------------------------------------------------------------
+
+    @property
+    def policy(self) -> Model:
+        return Model(self.model_cfg, self.params, self.tokenizer)
+
+    def apply_update(self, batch_np: dict, step: int) -> dict[str, float]:
+        """One train step on this process's rows; advances params_version. Returns float metrics."""
+        if self.params_version != step:
+            raise RuntimeError(f"update of step {step} on params of version {self.params_version}")
+        batch = self.trainer.shard_batch(batch_np)
+        params, opt_state, metrics = self.trainer.step(self.params, self.opt_state, batch, self.ref_params)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics["lr"] = float(self.schedule_lr(step))
+        if not np.isfinite(metrics.get("loss", 0.0)):
+            raise NonFiniteLoss(step, metrics.get("loss"))
+        self.params, self.opt_state, self.params_version = params, opt_state, step + 1
+        return metrics
+
+    def should_checkpoint(self, step: int) -> bool:
+        done = step + 1
+        return done % self.cfg.checkpoint.every_steps == 0 or done == self.cfg.train.steps
+
+    def save_checkpoint(self) -> None:
+        meta = {"next_step": self.params_version, "data": self.data_state(self.params_version),
+                "seed": self.cfg.train.seed}
+        self.checkpoints.save(self.params_version, self.params, self.opt_state, meta)
+
+    def _restore_latest(self) -> None:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return
+        self.params, self.opt_state, meta = self.checkpoints.restore(latest, self.params, self.opt_state)
+        self.stream.restore(meta["data"])
+        self.params_version = int(meta["next_step"])
+
+    # ---- phases ----------------------------------------------------------------------
+
+    def rollout(self, step: int, items=None, greedy: bool = False):
+        """Rollout table of this process's prompts for `step` (or `items`) with the current params."""
+        r, d = self.cfg.rollout, self.cfg.data
+        return phases.rollout_table(
+            self.policy, items if items is not None else self.items_for_step(step), step=step,
+            n=1 if greedy else r.n, max_new_tokens=(self.cfg.eval.max_new_tokens or r.max_new_tokens) if greedy
+            else r.max_new_tokens, temperature=0.0 if greedy else r.temperature, top_p=r.top_p, top_k=r.top_k,
+            seed=self.sample_seed(step), system_prompt=d.system_prompt, chat_template=d.chat_template,
+            max_prompt_tokens=r.max_prompt_tokens, mesh=self.mesh,
+        )
+
+    def update(self, step: int, rollout_table, advantage_table) -> dict[str, float]:
+        batch = phases.update_batch(rollout_table, advantage_table, self.cfg.rollout.max_new_tokens,
+                                    self.model_cfg.pad_token_id or 0)
+        started = time.perf_counter()
+        metrics = self.apply_update(batch, step)
+        tokens = float(batch["attn_mask_bt"].sum()) * self.cfg.train.ppo_epochs * self.num_processes
+        metrics["update_tokens_per_s"] = tokens / max(time.perf_counter() - started, 1e-9)
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy (gsm8k_correct) on the first eval.num_prompts held-out prompts."""
+        items = self.stream.eval_items[: self.cfg.eval.num_prompts]
+        table = self.rollout(self.params_version, items=items, greedy=True)
+        rewards, _ = phases.reward_table(table, [("gsm8k_correct", 1.0)])
+        return {"eval_accuracy": float(np.mean(rewards.column("reward_gsm8k_correct"))),
+                "eval_completion_length_mean": float(np.mean(table.column("completion_length"))),
+                "eval_prompts": float(len(items))}
+
+    def record_timing(self, step: int, phase: str, seconds: float) -> None:
+        """Compute seconds of phases that actually ran (cache hits record nothing)."""
+        self.timings.setdefault(step, {})[phase] = seconds
+
+    # ---- data --------------------------------------------------------------------------
+
+    def data_state(self, step: int) -> dict:
+        """Stream position at the start of `step`: a pure function of the step."""
+        seen = step * self.derived.prompts_global_per_step
+        total = len(self.stream.train_items)
+        return {"epoch": seen // total, "position": seen % total, "seed": self.cfg.data.seed, "num_train": total}
+
+    def items_for_step(self, step: int) -> list[dict]:
+        """This process's share of the step's prompts (groups never span processes)."""
+        self.stream.restore(self.data_state(step))
+        items = self.stream.next_batch(self.derived.prompts_global_per_step)
+        share = self.derived.prompts_per_process
+        return items[self.process_index * share : (self.process_index + 1) * share]
+
+    def sample_seed(self, step: int) -> int:
+        return (self.cfg.train.seed * 1_000_003 + step * 7919 + self.process_index) % (2**31 - 1)
+
+
+class NonFiniteLoss(UserError):
+    exit_code = 1
+
+    def __init__(self, step: int, loss):
+        super().__init__(
+            f"step {step}: the loss is {loss} (not finite); the run stopped and kept the last good checkpoint. "
+            "Lower train.optimizer.lr_schedule.peak_value or check the rewards"
+        )
+
