@@ -60,14 +60,15 @@ MONITOR_PY = (
 )
 
 
-def bootstrap_commands(provider_kind: str, python: str = "python3") -> list[list[str]]:
-    """Create the venv (no conda). gcp images need python3-venv and git first."""
+def bootstrap_commands(provider_kind: str, local_python: str = "python3") -> list[list[str]]:
+    """Create the venv (no conda): local from `local_python`; gcp from the image's python3,
+    after installing python3-venv and git."""
     if provider_kind == "local":
-        return [[python, "-m", "venv", "--without-pip", "venv"]]
+        return [[local_python, "-m", "venv", "--without-pip", "venv"]]
     return [
         ["sudo", "apt-get", "update", "-q"],
         ["sudo", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", "python3-venv", "git"],
-        [python, "-m", "venv", "venv"],
+        ["python3", "-m", "venv", "venv"],
     ]
 
 

@@ -46,3 +46,7 @@ def test_remote_commands_golden():
 
 def test_parse_monitor_takes_the_last_line():
     assert scripts.parse_monitor('noise\n{"alive": true, "last_step": 2}\n') == {"alive": True, "last_step": 2}
+
+
+def test_gcp_bootstrap_uses_the_images_python():
+    assert scripts.bootstrap_commands("gcp", "/here/.venv/bin/python")[-1] == ["python3", "-m", "venv", "venv"]

@@ -1,0 +1,35 @@
+"""`grpo smoke --dry-run` prints every request and command and creates nothing."""
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: sibling helpers
+from smoke_helpers import ROOT, make_repo  # noqa: E402
+
+
+def grpo(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "flows.cli.main", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_dry_run_gcp_prints_the_plan(tmp_path):
+    sha = make_repo(tmp_path / "src", with_origin=True)
+    out = grpo("smoke", "--provider", "gcp", "--repo", str(tmp_path / "src"), "--config", str(tmp_path / "src" / "cfg.yaml"),
+               "--dry-run", "--project", "proj", "--zones", "us-east1-d,europe-west4-a", "--set", "train.steps=2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    posts = [line for line in lines if line.startswith("[provision] POST")]
+    assert [p.split("/locations/")[1].split("/")[0] for p in posts] == ["us-east1-d", "europe-west4-a"]
+    assert '"schedulingConfig": {"spot": true}' in posts[0] and "v6e-ubuntu-2404" in posts[0]
+    assert any(sha in line and line.startswith("[sync] gcloud compute tpus tpu-vm ssh") for line in lines)
+    assert "launch venv/bin/python -m flows.cli.main train --config repo/cfg.yaml --set train.steps=2 --run-dir run/train" in out.stdout
+    assert lines[-1].startswith("[delete] DELETE https://tpu.googleapis.com/v2/projects/proj/locations/")
+
+
+def test_smoke_refuses_dirty_tree_and_unpushed_commit(tmp_path):
+    make_repo(tmp_path / "src")
+    cfg = str(tmp_path / "src" / "cfg.yaml")
+    unpushed = grpo("smoke", "--provider", "gcp", "--repo", str(tmp_path / "src"), "--config", cfg, "--dry-run")
+    assert unpushed.returncode == 2 and "origin" in unpushed.stderr and "Traceback" not in unpushed.stderr
+    (tmp_path / "src" / "cfg.yaml").write_text("train: {steps: 9}\n")
+    dirty = grpo("smoke", "--provider", "local", "--repo", str(tmp_path / "src"), "--config", cfg, "--dry-run")
+    assert dirty.returncode == 2 and "uncommitted changes (cfg.yaml)" in dirty.stderr
