@@ -2,7 +2,7 @@
 
 `root/<name>/node.json` holds the node record, `root/<name>/worker-<i>/` is worker i's smoke
 directory, and "ssh" is a subprocess with an argv list and that directory as cwd. The
-environment is this process's minus the W&B key, like a fresh VM, so the job only sees the
+environment is this process's minus the W&B key and Prefect API, like a fresh VM, so the job only sees the
 key through the 0600 file the smoke flow writes over stdin. Deleting kills the job's
 process group, then removes the directory.
 """
@@ -22,7 +22,8 @@ from tpu.provider import CommandResult, Node, NodeSpec, ProvisionError, Provider
 from tpu.scripts import kill_command
 
 LOCAL_ZONE = "local"
-HIDDEN_ENV = ("WANDB_API_KEY",)
+# A fresh VM has no W&B key and no Prefect API of ours in its environment.
+HIDDEN_ENV = ("WANDB_API_KEY", "PREFECT_API_URL", "PREFECT_API_KEY")
 
 
 def default_root() -> Path:

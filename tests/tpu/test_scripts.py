@@ -50,3 +50,15 @@ def test_parse_monitor_takes_the_last_line():
 
 def test_gcp_bootstrap_uses_the_images_python():
     assert scripts.bootstrap_commands("gcp", "/here/.venv/bin/python")[-1] == ["python3", "-m", "venv", "venv"]
+
+
+def test_monitor_finds_step_lines_inside_prefect_log_lines(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").write_text("03:38 | INFO | Flow run 'x' - step=1 loss=0\nstep=2 loss=0\nnostep=9\n")
+    (tmp_path / "run" / "exit_code").write_text("0\n")
+    out = subprocess.run([sys.executable, "-c", scripts.MONITOR_PY], cwd=tmp_path, capture_output=True, text=True)
+    status = scripts.parse_monitor(out.stdout)
+    assert status["last_step"] == 2 and status["exit_code"] == 0 and not status["launched"]
