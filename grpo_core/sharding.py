@@ -143,6 +143,20 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
 
 
+def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Global array from host data that EVERY process holds in full (SPMD-style inputs)."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def fetch_global(x: jax.Array) -> np.ndarray:
+    """The full value of a (possibly multi-process) global array on this host."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding (scalars, RNG keys, small tables)."""
     return NamedSharding(mesh, PartitionSpec())

@@ -12,6 +12,7 @@ left-padded row produce the same logits as the unpadded sequence.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -80,6 +81,11 @@ KV_CACHE_AXES = KVCache(
 
 def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32) -> dict:
     """Random params (normal, std 0.02; norms at 1, biases at 0) in `dtype`."""
+    return _init_params(cfg, key, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))  # one compile instead of one per leaf shape
+def _init_params(cfg: ModelConfig, key: jax.Array, dtype) -> dict:
     shapes = param_shapes(cfg)
     flat, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
     keys = jax.random.split(key, len(flat))

@@ -1,0 +1,227 @@
+"""Jitted KV-cache generation: one prefill, then a `lax.while_loop` decode.
+
+Shape of a call: P prompts, n samples each, M = max_new_tokens. Prompts are left-padded
+to a bucketed length Tp and the prompt batch is padded to a bucketed size, so repeated
+calls reuse one compilation (the jitted function is module-level, keyed on the static
+config). Each prompt is prefilled ONCE into a [L, P, Tp, Nkv, Hd] cache, which is then
+repeated n times into the decode cache [L, P*n, Tp+M, Nkv, Hd] (group-contiguous rows:
+prompt i sample j is row i*n+j). The decode loop stops as soon as every row has emitted
+an EOS (or at M tokens).
+
+Log-probs: `logps` holds log_softmax(logits / temperature) of the sampled token, i.e. the
+tempered distribution BEFORE top-k/top-p truncation; that is what the trainer recomputes
+from a forward pass. With temperature 0 (greedy) it is log_softmax(logits) (temperature 1).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_core.errors import UserError
+from grpo_core.models.decoder import (
+    KV_CACHE_AXES, KVCache, forward, init_kv_cache, logits_from_hidden, positions_from_mask,
+)
+from grpo_core.sharding import batch_shards, batch_sharding, constrain, fetch_global, put_global, replicated
+
+# Incremented each time the generate function is traced (compiled); tests assert reuse.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    """Static (compile-time) sampling settings; hashable so it keys the jit cache."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop_at_eos: bool = True
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """Completions for P prompts * n samples, row i*n+j = prompt i, sample j.
+
+    tokens / logps: per-row lists (completion only, EOS included when it ended the row).
+    finish_reason: "eos" | "length" per row. Padded views for the trainer (M = max_new_tokens):
+    tokens_bt [N, M] int32 (pad id after the end), logps_bt [N, M] float32 (0 after the end),
+    mask_bt [N, M] bool (True on completion tokens), lengths [N] int32. num_steps: tokens
+    generated per row before the loop stopped (< M when every row hit EOS early).
+    """
+
+    tokens: list[list[int]]
+    logps: list[list[float]]
+    finish_reason: list[str]
+    tokens_bt: np.ndarray
+    logps_bt: np.ndarray
+    mask_bt: np.ndarray
+    lengths: np.ndarray
+    num_steps: int
+
+
+def filter_logits(x_bv: jax.Array, top_p: float, top_k: int) -> jax.Array:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf. x_bv: [B, V] float32.
+
+    Nucleus: keep the most likely tokens until their mass reaches top_p (the token that
+    crosses top_p is kept, so at least one token always survives).
+    """
+    if top_k > 0:
+        sorted_bk = jax.lax.top_k(x_bv, min(top_k, x_bv.shape[-1]))[0]
+        x_bv = jnp.where(x_bv < sorted_bk[:, -1:], -jnp.inf, x_bv)
+    if top_p < 1.0:
+        sorted_bk = sorted_bk if top_k > 0 else -jnp.sort(-x_bv, axis=-1)
+        probs = jax.nn.softmax(sorted_bk, axis=-1)
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+        threshold = jnp.min(jnp.where(keep, sorted_bk, jnp.inf), axis=-1, keepdims=True)
+        x_bv = jnp.where(x_bv < threshold, -jnp.inf, x_bv)
+    return x_bv
+
+
+def sample_from_logits(logits_bv: jax.Array, key: jax.Array, spec: SamplingSpec):
+    """Draw one token per row. logits_bv: [B, V] float32 -> (tokens [B] int32, logps [B] float32)."""
+    if spec.temperature == 0.0:
+        tokens = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+    else:
+        scaled = logits_bv / spec.temperature
+        logp_bv = jax.nn.log_softmax(scaled, axis=-1)
+        tokens = jax.random.categorical(key, filter_logits(scaled, spec.top_p, spec.top_k), axis=-1).astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logp_bv, tokens[:, None], axis=-1)[:, 0]
+
+
+def _prefill(params, tokens_pt, mask_pt, cfg, spec: SamplingSpec, mesh):
+    """Prefill P prompts once, then repeat the cache n times into the full decode cache.
+
+    Returns (last-position logits [P*n, V], KVCache with B = P*n and S = Tp + M).
+    Only the last position goes through the LM head: [P, Tp, V] logits would dwarf the cache.
+    """
+    P, Tp = tokens_pt.shape
+    dtype = params["embed"].dtype
+    cache = constrain(init_kv_cache(cfg, P, Tp, dtype), KV_CACHE_AXES, mesh)
+    h, cache = forward(params, tokens_pt, cfg, positions_bt=positions_from_mask(mask_pt), attn_mask_bt=mask_pt,
+                       kv_cache=cache, cache_pos=0, return_hidden=True, mesh=mesh)
+    last = jnp.repeat(logits_from_hidden(params, h[:, -1:], cfg)[:, 0], spec.n, axis=0)
+    full = init_kv_cache(cfg, P * spec.n, Tp + spec.max_new_tokens, dtype)
+    full = KVCache(
+        k=jax.lax.dynamic_update_slice(full.k, jnp.repeat(cache.k, spec.n, axis=1), (0, 0, 0, 0, 0)),
+        v=jax.lax.dynamic_update_slice(full.v, jnp.repeat(cache.v, spec.n, axis=1), (0, 0, 0, 0, 0)),
+        mask=jax.lax.dynamic_update_slice(full.mask, jnp.repeat(cache.mask, spec.n, axis=0), (0, 0)),
+    )
+    return last, constrain(full, KV_CACHE_AXES, mesh)
+
+
+def _is_eos(tokens_b, spec: SamplingSpec):
+    if not spec.stop_at_eos or not spec.eos_ids:
+        return jnp.zeros(tokens_b.shape, bool)
+    return jnp.isin(tokens_b, jnp.asarray(spec.eos_ids, jnp.int32))
+
+
+def _generate_impl(params, tokens_pt, mask_pt, key, cfg, spec: SamplingSpec, mesh):
+    """Traced body of `generate`: returns (tokens [N, M], logps [N, M], lengths [N], steps)."""
+    TRACE_COUNTS["generate"] += 1
+    P, Tp = tokens_pt.shape
+    N, M = P * spec.n, spec.max_new_tokens
+    last, cache = _prefill(params, tokens_pt, mask_pt, cfg, spec, mesh)
+    plen = jnp.repeat(mask_pt.sum(-1).astype(jnp.int32), spec.n)
+    tok, lp = sample_from_logits(last, jax.random.fold_in(key, 0), spec)
+    done = _is_eos(tok, spec) | (plen == 0)  # bucket-padding rows start finished
+    out_tok = jnp.full((N, M), spec.pad_id, jnp.int32).at[:, 0].set(tok)
+    out_lp = jnp.zeros((N, M), jnp.float32).at[:, 0].set(lp)
+    lengths = jnp.where(plen > 0, 1, 0).astype(jnp.int32)
+
+    def cond(state):
+        i, _, _, done, *_ = state
+        return (i < M) & ~jnp.all(done)
+
+    def body(state):
+        i, cache, tok, done, out_tok, out_lp, lengths = state
+        logits, cache = forward(params, tok[:, None], cfg, positions_bt=(plen + i - 1)[:, None],
+                                kv_cache=cache, cache_pos=Tp + i - 1, mesh=mesh)
+        new, lp = sample_from_logits(logits[:, 0], jax.random.fold_in(key, i), spec)
+        new, lp = jnp.where(done, spec.pad_id, new), jnp.where(done, 0.0, lp)
+        out_tok = jax.lax.dynamic_update_slice(out_tok, new[:, None], (0, i))
+        out_lp = jax.lax.dynamic_update_slice(out_lp, lp[:, None], (0, i))
+        lengths = jnp.where(done, lengths, i + 1)
+        return i + 1, cache, new, done | _is_eos(new, spec), out_tok, out_lp, lengths
+
+    state = (jnp.int32(1), cache, tok, done, out_tok, out_lp, lengths)
+    steps, _, _, _, out_tok, out_lp, lengths = jax.lax.while_loop(cond, body, state)
+    return out_tok, out_lp, lengths, steps
+
+
+_generate_jit = jax.jit(_generate_impl, static_argnames=("cfg", "spec", "mesh"))
+
+
+def bucket(x: int, minimum: int = 1) -> int:
+    """Round a size up to a power of two (multiples of 256 past 256) so shapes repeat across calls."""
+    b = max(minimum, 1 << max(x - 1, 0).bit_length())
+    return b if b <= 256 else -(-x // 256) * 256
+
+
+def _left_pad(prompts: list[list[int]], rows: int, width: int, pad_id: int):
+    """[rows, width] int32 tokens and bool mask; prompts right-aligned, extra rows empty."""
+    tokens = np.full((rows, width), pad_id, np.int32)
+    mask = np.zeros((rows, width), bool)
+    for i, p in enumerate(prompts):
+        tokens[i, width - len(p):] = p
+        mask[i, width - len(p):] = True
+    return tokens, mask
+
+
+def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, top_k: int, n: int):
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("generate needs at least one prompt and every prompt needs at least one token.")
+    if max_new_tokens < 1 or n < 1 or top_k < 0:
+        raise UserError("max_new_tokens and n must be >= 1 and top_k >= 0 (0 turns top-k off).")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UserError("temperature must be >= 0 (0 = greedy) and top_p in (0, 1] (1 = off).")
+
+
+def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop_at_eos: bool = True, n: int = 1,
+             mesh=None) -> GenerationResult:
+    """Sample `n` completions for each prompt (token id lists) with `model` (a grpo_core Model).
+
+    Rows are group-contiguous (prompt i, sample j -> row i*n+j). `mesh` defaults to the
+    mesh the params are sharded on; the batch is split over its dp/fsdp axes. Under
+    several processes every process passes the same (global) prompts and gets the global
+    result. See the module docstring for what `logps` holds.
+    """
+    _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
+    mesh = model.mesh if mesh is None else mesh
+    shards = batch_shards(mesh)
+    rows = -(-bucket(len(prompts)) // shards) * shards
+    tokens, mask = _left_pad(prompts, rows, bucket(max(len(p) for p in prompts), 8), model.pad_token_id)
+    key = jax.random.key(seed)
+    if mesh is not None:
+        tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
+        key = jax.device_put(key, replicated(mesh))
+    spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+                        top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
+                        pad_id=model.pad_token_id)
+    *out, steps = _generate_jit(model.params, tokens, mask, key, cfg=model.config, spec=spec, mesh=mesh)
+    tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)
+    return _result(tok_bt, lp_bt, lengths, int(fetch_global(steps)), spec)
+
+
+def _result(tok_bt, lp_bt, lengths, steps: int, spec: SamplingSpec) -> GenerationResult:
+    mask_bt = np.arange(tok_bt.shape[1])[None, :] < lengths[:, None]
+    eos = set(spec.eos_ids) if spec.stop_at_eos else set()
+    reasons = ["eos" if n and int(t[n - 1]) in eos else "length" for t, n in zip(tok_bt, lengths)]
+    return GenerationResult(
+        tokens=[t[:n].tolist() for t, n in zip(tok_bt, lengths)],
+        logps=[p[:n].tolist() for p, n in zip(lp_bt, lengths)],
+        finish_reason=reasons,
+        tokens_bt=np.where(mask_bt, tok_bt, spec.pad_id).astype(np.int32),
+        logps_bt=np.where(mask_bt, lp_bt, 0.0).astype(np.float32),
+        mask_bt=mask_bt,
+        lengths=lengths.astype(np.int32),
+        num_steps=steps,
+    )
