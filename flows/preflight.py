@@ -14,7 +14,6 @@ from pathlib import Path
 
 from grpo_core.errors import UserError
 from grpo_core.memory import GIB, Accelerator, MemoryEstimate, Workload, estimate_memory, get_accelerator
-from grpo_core.memory import rollout_components
 from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
 from schemas.run import DerivedBatch, RunConfig
@@ -105,7 +104,8 @@ def estimate_config(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload,
     if cfg.eval.every_steps:
         eval_load = dataclasses.replace(workload, prompts=cfg.eval.num_prompts, group_size=1,
                                         new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
-        estimate.phases["eval"] = rollout_components(eval_load)
+        sampler = {k: v for k, v in estimate_memory(eval_load).phases.items() if k != "update"}
+        estimate.phases["eval"] = max(sampler.values(), key=lambda parts: sum(parts.values()))
     return workload, derived, estimate
 
 

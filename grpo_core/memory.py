@@ -29,12 +29,11 @@ Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.
    (grpo_core.sampling) pads the global prompt count to a power of two and then to the
    batch shards, and the prompt length to a power of two; it prefills each prompt once into
    a [L, P, Tp] cache, computes only the last position's logits, and repeats that cache n
-   times into the decode cache [L, P*n, Tp+M]: at that moment the prompt cache, the
-   repeated copy and the decode cache are all live, on top of the prefill's last layer.
-   Each decode step holds `DECODE_LOGIT_COPIES` [P*n, V] float32 arrays (logits, scaled,
-   log-softmax, sorted values for top-p/top-k, probabilities, Gumbel noise).
-   Summing the prefill and decode parts of a phase is an upper bound: XLA may reuse the
-   prefill's buffers for the decode loop.
+   times into the decode cache [L, P*n, Tp+M] (XLA fuses the repeat into that write, so no
+   repeated copy is live). Rollout is two phases: "prefill" (decode cache, prompt cache and
+   one layer's prefill activations live) and "decode" (decode cache plus
+   `DECODE_LOGIT_COPIES` [P*n, V] float32 arrays per step: logits, scaled, log-softmax,
+   sorted values for top-p/top-k, probabilities, Gumbel noise).
 8. Everything above is multiplied by (1 + overhead) for XLA temporaries, fragmentation
    and small buffers (default 10%). Capacity per device is the HBM per chip minus the
    runtime's reservation (TPU: 0.75 GiB); on GPU XLA preallocates 75% of memory by
@@ -266,18 +265,29 @@ def _kv_cache(w: Workload, rows: int, length: int) -> int:
     return 2 * padded_bytes(shape, w.param_bytes, w.tpu_tiles)
 
 
-def rollout_components(w: Workload) -> dict[str, int]:
-    """Bytes per device while the sampler builds its decode cache (assumption 7)."""
-    m, pb = w.model, w.param_bytes
-    prompts, tp_slots = w.sampler_prompts_per_device, w.prompt_slots
-    seqs = prompts * w.group_size
-    vocab = m.vocab_size // math.gcd(m.vocab_size, w.tp)
+def _rollout_base(w: Workload) -> dict[str, int]:
+    seqs = w.sampler_prompts_per_device * w.group_size
     parts = _resident(w)
     parts["gathered weights"] = _gathered_weights(w)
-    parts["kv cache"] = _kv_cache(w, seqs, tp_slots + w.new_tokens)
-    parts["prefill cache"] = _kv_cache(w, prompts, tp_slots) + _kv_cache(w, seqs, tp_slots)
-    parts["prefill activations"] = (prompts * tp_slots * m.hidden_size * pb
-                                    + _layer_activations(m, prompts, tp_slots, tp_slots, pb, w.tp))
+    parts["kv cache"] = _kv_cache(w, seqs, w.prompt_slots + w.new_tokens)
+    return parts
+
+
+def prefill_components(w: Workload) -> dict[str, int]:
+    """Bytes per device while the sampler prefills the prompts (assumption 7)."""
+    m, pb, prompts, slots = w.model, w.param_bytes, w.sampler_prompts_per_device, w.prompt_slots
+    parts = _rollout_base(w)
+    parts["prompt cache"] = _kv_cache(w, prompts, slots)
+    parts["prefill activations"] = (prompts * slots * m.hidden_size * pb
+                                    + _layer_activations(m, prompts, slots, slots, pb, w.tp))
+    return parts
+
+
+def decode_components(w: Workload) -> dict[str, int]:
+    """Bytes per device during a decode step: the cache plus per-step logits and outputs."""
+    seqs = w.sampler_prompts_per_device * w.group_size
+    vocab = w.model.vocab_size // math.gcd(w.model.vocab_size, w.tp)
+    parts = _rollout_base(w)
     parts["sampler buffers"] = DECODE_LOGIT_COPIES * seqs * vocab * 4 + seqs * w.new_tokens * 8
     return parts
 
@@ -303,4 +313,5 @@ def estimate_memory(w: Workload, overhead: float = 0.10) -> MemoryEstimate:
     """Per-device bytes by phase and component (see the module docstring for the model)."""
     if w.optimizer not in OPTIMIZER_MOMENTS:
         raise UserError(f"optimizer {w.optimizer!r} has no memory model; use one of {sorted(OPTIMIZER_MOMENTS)}")
-    return MemoryEstimate({"rollout": rollout_components(w), "update": update_components(w)}, overhead)
+    phases = {"prefill": prefill_components(w), "decode": decode_components(w), "update": update_components(w)}
+    return MemoryEstimate(phases, overhead)
