@@ -75,6 +75,7 @@ class LocalProvider(Provider):
 
     def _run_one(self, node: Node, argv: list[str], worker: int, stdin: bytes | None, timeout_s: float) -> CommandResult:
         env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+        env["PREFECT_HOME"] = str(self.worker_dir(node, worker) / ".prefect")  # the job's own Prefect state
         try:
             done = subprocess.run(argv, cwd=self.worker_dir(node, worker), input=stdin or b"", capture_output=True,
                                   timeout=timeout_s, env=env)

@@ -1,11 +1,13 @@
 """Shared pieces of the smoke-flow tests: a throwaway git repo holding the stand-in job."""
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_JOB = ("repo/tests/tpu/fake_job.py",)
-SECRET = "wandb-fake-9f8e7d6c5b4a-planted-key"
+# Made at import time so the value itself appears in no file of the repository.
+SECRET = "wandb-planted-" + uuid.uuid4().hex
 
 
 def git(repo: Path, *args: str) -> str:
