@@ -25,7 +25,7 @@ from grpo_core.errors import UserError
 from grpo_core.models.decoder import (
     KV_CACHE_AXES, KVCache, forward, init_kv_cache, logits_from_hidden, positions_from_mask,
 )
-from grpo_core.sharding import batch_shards, batch_sharding, constrain, fetch_global, put_global, replicated
+from grpo_core.sharding import batch_shards, batch_sharding, constrain, fetch_global, put_global
 
 # Incremented each time the generate function is traced (compiled); tests assert reuse.
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -123,9 +123,10 @@ def _is_eos(tokens_b, spec: SamplingSpec):
     return jnp.isin(tokens_b, jnp.asarray(spec.eos_ids, jnp.int32))
 
 
-def _generate_impl(params, tokens_pt, mask_pt, key, cfg, spec: SamplingSpec, mesh):
+def _generate_impl(params, tokens_pt, mask_pt, seed, cfg, spec: SamplingSpec, mesh):
     """Traced body of `generate`: returns (tokens [N, M], logps [N, M], lengths [N], steps)."""
     TRACE_COUNTS["generate"] += 1
+    key = jax.random.key(seed)
     P, Tp = tokens_pt.shape
     N, M = P * spec.n, spec.max_new_tokens
     last, cache = _prefill(params, tokens_pt, mask_pt, cfg, spec, mesh)
@@ -199,16 +200,15 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     shards = batch_shards(mesh)
     rows = -(-bucket(len(prompts)) // shards) * shards
     tokens, mask = _left_pad(prompts, rows, bucket(max(len(p) for p in prompts), 8), model.pad_token_id)
-    key = jax.random.key(seed)
     if mesh is not None:
         tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
-        key = jax.device_put(key, replicated(mesh))
     spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
                         top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
                         pad_id=model.pad_token_id)
-    *out, steps = _generate_jit(model.params, tokens, mask, key, cfg=model.config, spec=spec, mesh=mesh)
+    # The seed is a traced (host, replicated) argument so a new seed does not recompile.
+    *out, steps = _generate_jit(model.params, tokens, mask, np.uint32(seed), cfg=model.config, spec=spec, mesh=mesh)
     tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)
-    return _result(tok_bt, lp_bt, lengths, int(fetch_global(steps)), spec)
+    return _result(tok_bt, lp_bt, lengths, int(steps.addressable_data(0)), spec)
 
 
 def _result(tok_bt, lp_bt, lengths, steps: int, spec: SamplingSpec) -> GenerationResult:
