@@ -1,0 +1,108 @@
+"""grpo_core.memory: byte counts checked against real arrays, monotonicity, and (slow) RSS."""
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import jax
+import optax
+import pytest
+
+from grpo_core.errors import UserError
+from grpo_core.memory import (
+    ACCELERATORS, GIB, Workload, decode_components, estimate_memory, get_accelerator, padded_bytes,
+    param_bytes_per_device, prefill_components, update_components,
+)
+from grpo_core.models.config import PRESETS
+from grpo_core.models.decoder import init_kv_cache, init_params, param_logical_axes
+from grpo_core.sharding import make_mesh, shard_params
+
+TINY = PRESETS["tiny-llama"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def workload(**changes) -> Workload:
+    base = Workload(model=TINY, param_bytes=4, prompts=8, group_size=4, max_prompt_tokens=64, new_tokens=64,
+                    micro_batch=8, remat=False, optimizer="lion")
+    return dataclasses.replace(base, **changes)
+
+
+def test_accelerator_table():
+    v6e8, v6e16 = get_accelerator("v6e-8"), get_accelerator("V6E-16")
+    assert (v6e8.chips, v6e8.hosts, v6e8.hbm_gib) == (8, 1, 32)
+    assert (v6e16.chips, v6e16.hosts) == (16, 4)
+    assert v6e8.capacity_bytes == int(31.25 * GIB)  # what jax reports as bytes_limit on v6e
+    assert get_accelerator("v5litepod-16").hbm_gib == 16 and get_accelerator("v4-8").chips == 4
+    assert get_accelerator("h100").capacity_bytes == int(0.75 * 79.6 * GIB)
+    assert all(a.chips % a.hosts == 0 for a in ACCELERATORS.values())
+    with pytest.raises(UserError, match="v6e-8"):
+        get_accelerator("v9-8")
+
+
+def test_param_bytes_match_real_arrays_sharded_8_ways():
+    params = init_params(TINY, jax.random.key(0))
+    full = sum(x.nbytes for x in jax.tree.leaves(params))
+    assert param_bytes_per_device(workload(), 4) == full == TINY.num_params * 4
+    mesh = make_mesh(None)
+    sharded = shard_params(params, param_logical_axes(TINY), mesh)
+    on_device0 = sum(s.data.nbytes for x in jax.tree.leaves(sharded) for s in x.addressable_shards
+                     if s.device == mesh.devices.flat[0])
+    w = workload(mesh=(("dp", 1), ("fsdp", 8), ("tp", 1)))
+    assert param_bytes_per_device(w, 4) == on_device0 < full / 4
+
+
+@pytest.mark.parametrize("name,moments", [("lion", 1), ("adamw", 2), ("sgd", 0)])
+def test_optimizer_state_matches_optax(name, moments):
+    params = init_params(TINY, jax.random.key(0))
+    opt = {"lion": optax.lion(1e-3), "adamw": optax.adamw(1e-3), "sgd": optax.sgd(1e-3)}[name]
+    state = jax.eval_shape(opt.init, params)
+    real = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if x.size > 1)
+    assert update_components(workload(optimizer=name))["optimizer state"] == real == moments * TINY.num_params * 4
+    momentum = jax.eval_shape(optax.sgd(1e-3, momentum=0.9).init, params)
+    real = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(momentum) if x.size > 1)
+    assert update_components(workload(optimizer="sgd", momentum=True))["optimizer state"] == real
+
+
+def test_kv_cache_matches_sampler_cache_shapes():
+    w = workload(prompts=5, group_size=3)  # sampler pads 5 prompts to 8
+    cache = jax.eval_shape(lambda: init_kv_cache(TINY, 8 * 3, 64 + 64, jax.numpy.float32))
+    assert decode_components(w)["kv cache"] == cache.k.size * 4 * 2
+    prompt = jax.eval_shape(lambda: init_kv_cache(TINY, 8, 64, jax.numpy.float32))
+    assert prefill_components(w)["prompt cache"] == prompt.k.size * 4 * 2
+
+
+def test_tpu_tiles_pad_small_minor_dims():
+    assert padded_bytes((3, 4, 128), 2, tpu_tiles=True) == 3 * 16 * 128 * 2  # bf16: 16 rows per tile
+    assert padded_bytes((3, 4, 128), 4, tpu_tiles=True) == 3 * 8 * 128 * 4
+    assert padded_bytes((3, 4, 100), 4, tpu_tiles=False) == 3 * 4 * 100 * 4
+    qwen = dict(model=PRESETS["qwen2.5-7b"], param_bytes=2)
+    padded = decode_components(workload(**qwen, tpu_tiles=True))["kv cache"]
+    assert padded == 4 * decode_components(workload(**qwen))["kv cache"]  # 4 kv heads -> 16 rows
+
+
+def test_knobs_move_the_right_components():
+    base = estimate_memory(workload())
+    remat = estimate_memory(workload(remat=True))
+    assert remat.phases["update"]["activations"] < 0.6 * base.phases["update"]["activations"]  # 2 layers
+    half = estimate_memory(workload(micro_batch=4))
+    assert half.phases["update"]["logits"] * 2 == base.phases["update"]["logits"]
+    assert "reference params" in estimate_memory(workload(reference=True)).phases["update"]
+    bigger = estimate_memory(workload(prompts=64))
+    assert bigger.phases["decode"]["kv cache"] == 8 * base.phases["decode"]["kv cache"]
+    assert base.total("update") == int(sum(base.phases["update"].values()) * 1.1)
+    with pytest.raises(UserError, match="optimizer"):
+        estimate_memory(workload(optimizer="adafactor"))
+
+
+def _memory_check_module():
+    spec = importlib.util.spec_from_file_location("memory_check", ROOT / "benchmarks" / "memory_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_estimate_within_30_percent_of_measured_rss_on_cpu():
+    rows = _memory_check_module().compare()
+    assert len(rows) == 6
+    for row in rows:
+        assert 0.7 <= row["ratio"] <= 1.3, row
