@@ -135,8 +135,8 @@ def _first_fit(cfg, accelerator, base: list[str], key: str, values) -> tuple[lis
     return None
 
 
-def _single_changes(cfg: RunConfig, derived: DerivedBatch, base: list[str]) -> list[tuple[str, list]]:
-    """(dotted key, candidate values largest-first) for each knob that lowers memory."""
+def _single_changes(cfg: RunConfig, derived: DerivedBatch) -> list[tuple[str, list]]:
+    """(dotted key, candidate values least-disruptive first) for each knob that lowers memory."""
     micro = derived.micro_batch_size
     micro_values = [d for d in range(micro - 1, 0, -1) if derived.sequences_per_device % d == 0]
     new = cfg.rollout.max_new_tokens
@@ -145,20 +145,24 @@ def _single_changes(cfg: RunConfig, derived: DerivedBatch, base: list[str]) -> l
         ("rollout.batch_size", list(range(cfg.rollout.batch_size - 1, 0, -1))),
         ("rollout.max_new_tokens", [new * k // 8 for k in range(7, 0, -1) if new * k // 8 > 0]),
     ]
-    if not cfg.model.remat and "model.remat=true" not in base:
-        changes.insert(0, ("model.remat", ["true"]))
-    return changes
+    return ([] if cfg.model.remat else [("model.remat", ["true"])]) + changes
+
+
+def _pair_bases(cfg: RunConfig, derived: DerivedBatch) -> list[list[str]]:
+    """The cheapest changes to combine with a second one when no single change fits."""
+    bases = [] if cfg.model.remat else [["model.remat=true"]]
+    return bases + ([["train.micro_batch_size=1"]] if derived.micro_batch_size > 1 else [])
 
 
 def suggest_fixes(cfg: RunConfig, accelerator: Accelerator, derived: DerivedBatch,
                   limit: int = 2) -> list[tuple[list[str], MemoryEstimate]]:
-    """Up to `limit` override sets that fit: single changes first, else remat/micro-batch 1 plus one."""
-    found = [fit for key, values in _single_changes(cfg, derived, [])
-             if (fit := _first_fit(cfg, accelerator, [], key, values))]
-    for base in ([] if found else (["model.remat=true"], ["train.micro_batch_size=1"])):
-        for key, values in _single_changes(cfg, derived, base):
-            if key not in base[0] and (fit := _first_fit(cfg, accelerator, base, key, values)):
-                found.append(fit)
+    """Up to `limit` override sets that fit: single changes first, else pairs (remat or micro-batch 1 + one)."""
+    changes = _single_changes(cfg, derived)
+    found = [fit for key, values in changes if (fit := _first_fit(cfg, accelerator, [], key, values))]
+    for base in ([] if found else _pair_bases(cfg, derived)):
+        base_key = base[0].split("=")[0]
+        found += [fit for key, values in changes
+                  if key != base_key and (fit := _first_fit(cfg, accelerator, base, key, values))]
     return found[:limit]
 
 
