@@ -29,7 +29,7 @@ import optax
 from grpo_core.loss import loss_denominator, policy_loss
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import forward
-from grpo_core.sharding import batch_sharding, batch_shards
+from grpo_core.sharding import batch_sharding, batch_shards, replicated
 
 REQUIRED_KEYS = ("tokens_bt", "positions_bt", "attn_mask_bt", "completion_mask_bt", "advantages_b")
 OPTIONAL_KEYS = ("old_logps_bt", "ref_logps_bt")
@@ -110,8 +110,13 @@ class Trainer:
     # ---- host-side entry points ------------------------------------------------------
 
     def init_opt_state(self, params):
-        """Optimizer state, sharded like the params it mirrors (jitted init)."""
-        return jax.jit(self.optimizer.init)(params)
+        """Optimizer state; leaves that mirror params are sharded like them, the rest
+        (counters, scalars) replicated. jit alone would leave the moments unsharded."""
+        abstract = jax.eval_shape(self.optimizer.init, params)
+        shardings = optax.tree_utils.tree_map_params(
+            self.optimizer, lambda _, p: p.sharding, abstract, params,
+            transform_non_params=lambda _: replicated(self.mesh))
+        return jax.jit(self.optimizer.init, out_shardings=shardings)(params)
 
     def shard_batch(self, local_batch: dict) -> dict:
         """Global arrays sharded over the batch axes from this process's rows [B_local, ...]."""

@@ -169,3 +169,14 @@ def test_bad_batches_are_rejected():
     with pytest.raises(ValueError, match="max_completion_length"):
         Trainer(CFG, optax.sgd(0.1), type("C", (LossCfg,), {"agg": "seq_mean_token_sum_norm"}),
                 mesh=mesh_of(1))
+
+
+def test_optimizer_moments_are_sharded_like_params():
+    mesh = mesh_of(8)
+    params = shard_params(initial_params(0), param_logical_axes(CFG), mesh)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+    state = Trainer(CFG, opt, mesh=mesh).init_opt_state(params)
+    mu = state[1][0].mu
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        assert _get(mu, path).sharding == leaf.sharding, jax.tree_util.keystr(path)
+    assert "fsdp" in str(params["layers"]["w_up"].sharding.spec)   # really sharded
