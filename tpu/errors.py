@@ -93,6 +93,7 @@ def classify_job(status: dict, expected_steps: int) -> JobOutcome:
         return JobOutcome("killed", f"job was killed (exit code {code}) after step {step}", status.get("tail", ""))
     if code != 0:
         return JobOutcome("failed", f"job exited with code {code} after step {step}", status.get("tail", ""))
-    if step < expected_steps:
-        return JobOutcome("incomplete", f"job exited 0 but finished {step} of {expected_steps} steps", status.get("tail", ""))
-    return JobOutcome("ok", f"{step} steps, exit code 0")
+    done = status.get("steps_done", step)
+    if done < expected_steps:
+        return JobOutcome("incomplete", f"job exited 0 but finished {done} of {expected_steps} steps", status.get("tail", ""))
+    return JobOutcome("ok", f"{done} steps, exit code 0")

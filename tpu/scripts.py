@@ -55,7 +55,7 @@ MONITOR_PY = (
     "oom = next((l for l in lines if 'RESOURCE_EXHAUSTED' in l), '')\n"
     "print(json.dumps({'launched': pid is not None, 'alive': alive,\n"
     "    'exit_code': int(code) if code and code.strip().lstrip('-').isdigit() else None,\n"
-    "    'last_step': steps[-1] if steps else 0, 'traceback': '\\n'.join(lines[tb:tb + 40]) if tb is not None else '',\n"
+    "    'last_step': steps[-1] if steps else 0, 'steps_done': len(set(steps)), 'traceback': '\\n'.join(lines[tb:tb + 40]) if tb is not None else '',\n"
     "    'oom_line': oom[:2000], 'tail': '\\n'.join(lines[-20:])}))\n"
 )
 
@@ -113,7 +113,8 @@ def launch_command(train_argv: list[str]) -> list[str]:
 
 
 def monitor_command() -> list[str]:
-    """Prints one JSON line: launched, alive, exit_code, last_step, traceback, oom_line, tail."""
+    """Prints one JSON line: launched, alive, exit_code, last_step, steps_done (distinct step=N lines;
+    steps may count from 0 or 1), traceback, oom_line, tail."""
     return [VENV_PYTHON, "-c", MONITOR_PY]
 
 

@@ -35,6 +35,7 @@ def test_job_outcomes():
     ok = {"exit_code": 0, "last_step": 3}
     assert classify_job(ok, 3).ok
     assert classify_job({"exit_code": 0, "last_step": 2}, 3).reason == "incomplete"
+    assert classify_job({"exit_code": 0, "last_step": 1, "steps_done": 2}, 2).ok  # steps counted from 0
     oom = {"exit_code": 1, "last_step": 1, "oom_line": "RESOURCE_EXHAUSTED: Error allocating device buffer"}
     assert classify_job(oom, 3).reason == "oom" and "RESOURCE_EXHAUSTED" in classify_job(oom, 3).excerpt
     tb = {"exit_code": 1, "last_step": 0, "traceback": "Traceback (most recent call last):\nValueError: x"}

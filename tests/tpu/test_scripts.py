@@ -61,4 +61,4 @@ def test_monitor_finds_step_lines_inside_prefect_log_lines(tmp_path):
     (tmp_path / "run" / "exit_code").write_text("0\n")
     out = subprocess.run([sys.executable, "-c", scripts.MONITOR_PY], cwd=tmp_path, capture_output=True, text=True)
     status = scripts.parse_monitor(out.stdout)
-    assert status["last_step"] == 2 and status["exit_code"] == 0 and not status["launched"]
+    assert status["last_step"] == 2 and status["steps_done"] == 2 and status["exit_code"] == 0 and not status["launched"]
