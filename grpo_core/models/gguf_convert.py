@@ -10,7 +10,7 @@ chat template and special tokens) from the GGUF metadata.
 The tokenizer is rebuilt by transformers' own GGUF tokenizer builder
 (`transformers.integrations.gguf.gguf_tokenizer_mapping`), which imports no torch; only
 transformers' GGUF *metadata reader* does, so we read the metadata with `gguf` instead.
-That module is internal API: checked with transformers 5.24 (supported range >=5.0,<6);
+That module is internal API: checked with transformers 5.24 (supported range >=5.24,<6);
 tests/core/test_gguf.py keeps a parity test against `AutoTokenizer(..., gguf_file=...)`.
 """
 from __future__ import annotations
@@ -152,10 +152,17 @@ def hf_tensors_from_gguf(reader, config: dict, progress: Progress | None = None)
 def build_tokenizer(meta: dict):
     """A transformers PreTrainedTokenizerFast equal to transformers' own GGUF tokenizer load."""
     from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        GGUF_TOKENIZER_MAPPING,
-        convert_gguf_tokenizer,
-    )
+
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_TOKENIZER_MAPPING,
+            convert_gguf_tokenizer,
+        )
+    except ImportError as err:
+        raise UserError(
+            "converting a GGUF tokenizer needs transformers' GGUF tokenizer builder (checked with 5.24); "
+            "upgrade with `pip install -U 'transformers>=5.24,<6'`."
+        ) from err
 
     grouped = {
         group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}

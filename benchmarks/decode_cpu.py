@@ -1,0 +1,161 @@
+"""Decode throughput on CPU: grpo_core.sampling.generate vs HF transformers' generate.
+
+Same machine, same run, same weights (SmolLM2-135M-Instruct, float32, our converted HF
+directory loaded by both), same chat prompts, greedy, a fixed number of new tokens (EOS
+does not stop either side, so both produce exactly prompts x new_tokens tokens). Our
+first call includes XLA compilation; it is reported separately and excluded from the
+throughput, which is the best of `--repeats` timed calls for each side.
+
+    python benchmarks/decode_cpu.py [--model-dir DIR] [--prompts 8] [--new-tokens 64]
+
+Writes benchmarks/results/decode_cpu.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain photosynthesis in two sentences.",
+    "Write a haiku about the sea.",
+    "A train travels 60 km in 45 minutes. What is its average speed in km/h?",
+    "List three uses of copper.",
+    "Why do cats purr?",
+    "Translate 'good morning' into Spanish and German.",
+    "Give me a tip for learning to play the guitar faster, with an example exercise.",
+]
+
+
+def chat_prompts(tokenizer, count: int) -> list[list[int]]:
+    """`count` chat-formatted prompts (token ids) of different lengths."""
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(count)]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in questions]
+    return [tokenizer(t)["input_ids"] for t in texts]
+
+
+def best_time(fn, repeats: int):
+    """(min seconds over `repeats` calls, last result)."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def run_ours(model_dir: Path, prompts, new_tokens: int, repeats: int) -> dict:
+    from grpo_core.models.loading import load_pretrained
+    from grpo_core.sampling import generate
+
+    model = load_pretrained(model_dir, dtype="float32")
+    call = lambda: generate(model, prompts, new_tokens, temperature=0.0, stop_at_eos=False)  # noqa: E731
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    seconds, result = best_time(call, repeats)
+    return {"seconds": seconds, "first_call_seconds": first, "compile_seconds": max(first - seconds, 0.0),
+            "tokens": [list(map(int, t)) for t in result.tokens]}
+
+
+def run_hf(model_dir: Path, prompts, new_tokens: int, repeats: int, pad_id: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    # eos_token_id=None: like ours with stop_at_eos=False, every row produces exactly new_tokens tokens.
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad_id)
+
+    def call():
+        with torch.inference_mode():
+            return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+
+    call()  # warm-up (allocator, lazy init)
+    seconds, out = best_time(call, repeats)
+    return {"seconds": seconds, "tokens": out[:, width:].tolist(), "torch_threads": torch.get_num_threads()}
+
+
+def _until_eos(tokens: list[int], eos_ids) -> list[int]:
+    return next((tokens[: i + 1] for i, t in enumerate(tokens) if t in eos_ids), tokens)
+
+
+def summarize(ours: dict, hf: dict, prompts, new_tokens: int, eos_ids) -> dict:
+    total = len(prompts) * new_tokens
+    assert all(len(t) == new_tokens for t in ours["tokens"] + hf["tokens"]), "both sides must emit new_tokens tokens"
+    same = sum(a == b for a, b in zip(ours["tokens"], hf["tokens"]))
+    same_answer = sum(_until_eos(a, eos_ids) == _until_eos(b, eos_ids) for a, b in zip(ours["tokens"], hf["tokens"]))
+    # Past EOS the model babbles with near-tied logits, so float32 rounding can split there.
+    first_diff = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), new_tokens)
+                  for a, b in zip(ours["tokens"], hf["tokens"])]
+    return {
+        "ours_tokens_per_s": total / ours["seconds"], "hf_tokens_per_s": total / hf["seconds"],
+        "speedup": hf["seconds"] / ours["seconds"], "ours_seconds": ours["seconds"], "hf_seconds": hf["seconds"],
+        "ours_compile_seconds": ours["compile_seconds"], "ours_first_call_seconds": ours["first_call_seconds"],
+        "identical_completions": f"{same}/{len(prompts)}", "identical_until_eos": f"{same_answer}/{len(prompts)}",
+        "first_divergence_per_prompt": first_diff,
+        "total_new_tokens": total, "torch_threads": hf["torch_threads"],
+    }
+
+
+def environment() -> dict:
+    import jax
+    import torch
+    import transformers
+
+    return {"machine": platform.machine(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
+            "jax_devices": len(jax.devices()), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def print_table(report: dict) -> None:
+    s = report["summary"]
+    print(f"\nSmolLM2-135M-Instruct decode, CPU float32, {report['prompts']} prompts x {report['new_tokens']} new tokens, greedy")
+    print(f"{'':28}{'tokens/s':>10}{'seconds':>10}")
+    print(f"{'grpo_core.sampling':28}{s['ours_tokens_per_s']:>10.1f}{s['ours_seconds']:>10.2f}")
+    print(f"{'transformers generate':28}{s['hf_tokens_per_s']:>10.1f}{s['hf_seconds']:>10.2f}")
+    print(f"speedup {s['speedup']:.2f}x (goal >= 5x); our compile {s['ours_compile_seconds']:.1f} s (excluded); "
+          f"identical completions {s['identical_completions']} ({s['identical_until_eos']} up to the first EOS)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", help="HF-format SmolLM2 dir (default: `grpo models pull` cache)")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_cpu.json"))
+    args = parser.parse_args(argv)
+    if args.model_dir is None:
+        from tasks.models import pull_model
+
+        model_dir = pull_model("smollm2-135m-instruct")
+    else:
+        model_dir = Path(args.model_dir)
+    from grpo_core.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    prompts = chat_prompts(tokenizer, args.prompts)
+    ours = run_ours(model_dir, prompts, args.new_tokens, args.repeats)
+    hf = run_hf(model_dir, prompts, args.new_tokens, args.repeats, tokenizer.pad_token_id)
+    report = {"benchmark": "decode_cpu", "model": "smollm2-135m-instruct", "dtype": "float32",
+              "prompts": args.prompts, "new_tokens": args.new_tokens, "repeats": args.repeats,
+              "prompt_lengths": [len(p) for p in prompts], "environment": environment(),
+              "summary": summarize(ours, hf, prompts, args.new_tokens, {tokenizer.eos_token_id})}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
