@@ -124,8 +124,8 @@ def unpermute_rotary_rows(w_rows: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's Q/K row permutation. w_rows: [n_heads*Hd, ...] (weight or bias).
 
     HF llama rotates the two halves of each head (rotate_half); llama.cpp rotates adjacent
-    pairs, so its converter interleaves each head's rows as (half, 2) -> (2, half). Reversing
-    it gives the HF layout transformers' own GGUF loader produces.
+    pairs, so its converter reorders each head's rows from (2, half) to (half, 2). Undoing
+    that gives the HF layout transformers' own GGUF loader produces.
     """
     half = w_rows.shape[0] // n_heads // 2
     per_head = w_rows.reshape(n_heads, half, 2, *w_rows.shape[1:])
