@@ -3,6 +3,7 @@
 With no PREFECT_API_URL set, Prefect starts its embedded local server for the run.
 """
 import argparse
+import os
 from pathlib import Path
 
 
@@ -11,6 +12,8 @@ def default_run_dir(config_path: str) -> Path:
 
 
 def train(args: argparse.Namespace) -> int:
+    # The embedded server's usage telemetry contends for its SQLite file with the run itself.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from schemas import load_run_config
 
     cfg = load_run_config(args.config, args.overrides)

@@ -1,0 +1,117 @@
+"""The four-phase step flow on a tiny random model, through one Prefect test harness."""
+import asyncio
+import json
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from grpo_core.errors import UserError
+from tasks.session import RunLock
+from train_helpers import read_wandb_history, tiny_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+ROLLOUT_COLUMNS = {"step", "prompt_id", "group_id", "sample_id", "question", "ground_truth", "prompt_ids",
+                   "completion_ids", "completion_text", "old_logps", "finish_reason", "prompt_length",
+                   "completion_length"}
+METRIC_KEYS = {"reward_mean", "reward_std", "reward_gsm8k_correct_mean", "pass@1", "pass@k", "mean@k",
+               "zero_std_group_fraction", "advantage_mean", "loss", "clip_frac_low", "clip_frac_high",
+               "entropy", "grad_norm", "lr", "completion_length_mean", "completion_length_max",
+               "truncation_rate", "rollout_tokens_per_s", "update_tokens_per_s", "time_rollout", "time_update",
+               "orchestration_overhead_s", "step_seconds"}
+
+
+def run(cfg, run_dir):
+    from flows.train import train_flow
+
+    return asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = tiny_config("eval.every_steps=2", "eval.num_prompts=2")
+    return cfg, run_dir, run(cfg, run_dir)
+
+
+def test_phase_artifacts_are_plain_parquet(finished_run):
+    cfg, run_dir, _ = finished_run
+    for step in range(2):
+        folder = run_dir / "steps" / f"step-{step:06d}"
+        rollout = pq.read_table(folder / "rollout.parquet").to_pandas()
+        assert ROLLOUT_COLUMNS <= set(rollout.columns) and len(rollout) == 8
+        assert list(rollout["group_id"]) == [0, 0, 1, 1, 2, 2, 3, 3] and list(rollout["sample_id"]) == [0, 1] * 4
+        for ids, logps, length in zip(rollout["completion_ids"], rollout["old_logps"], rollout["completion_length"]):
+            assert len(ids) == len(logps) == length <= 6 and np.all(np.asarray(logps) <= 0)
+        rewards = pq.read_table(folder / "reward.parquet").to_pandas()
+        assert {"reward_gsm8k_correct", "reward_think_answer_format", "reward_tag_count", "reward_total"} <= set(rewards)
+        advantages = pq.read_table(folder / "advantage.parquet").to_pandas()
+        np.testing.assert_array_equal(advantages["prompt_id"], rollout["prompt_id"])
+        assert json.loads((folder / "update.json").read_text())["grad_norm"] >= 0
+    assert (run_dir / "steps" / "step-000001" / "eval.json").exists()
+
+
+def test_metrics_summary_and_curve(finished_run):
+    _, run_dir, summary = finished_run
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [0, 1]
+    missing = METRIC_KEYS - set(lines[0])
+    assert not missing, missing
+    assert "eval_accuracy" in lines[1]
+    stored = json.loads((run_dir / "summary.json").read_text())
+    assert stored["params_sha256"] == summary["params_sha256"] and len(summary["params_sha256"]) == 64
+    assert (run_dir / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_of_a_finished_run_is_all_cache_hits(finished_run):
+    cfg, run_dir, summary = finished_run
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "steps").rglob("*.*")}
+    again = run(cfg, run_dir)
+    assert again["params_sha256"] == summary["params_sha256"]
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(l["cached"] for l in lines)
+    after = {p: p.stat().st_mtime_ns for p in (run_dir / "steps").rglob("*.*")}
+    assert before == after, "a cached rerun rewrote artifacts"
+
+
+def test_broken_artifact_is_recomputed_with_a_warning(finished_run, caplog):
+    cfg, run_dir, summary = finished_run
+    reward_file = run_dir / "steps" / "step-000001" / "reward.parquet"
+    original = reward_file.read_bytes()
+    reward_file.write_bytes(original[:-10] + b"corrupted!")
+    with caplog.at_level(logging.WARNING, logger="grpo_flows.cache"):
+        again = run(cfg, run_dir)
+    assert any("sha256 changed" in r.message for r in caplog.records)
+    assert reward_file.read_bytes() == original  # recomputed from the cached rollout: same content
+    assert again["params_sha256"] == summary["params_sha256"]
+
+
+def test_second_train_on_a_run_dir_in_use_refuses(tmp_path):
+    lock = RunLock(tmp_path)
+    try:
+        with pytest.raises(UserError, match="in use by another `grpo train`"):
+            run(tiny_config(), tmp_path)
+    finally:
+        lock.release()
+
+
+def test_changed_config_on_existing_run_dir_refuses(finished_run):
+    _, run_dir, _ = finished_run
+    with pytest.raises(UserError, match="different config .*rollout"):
+        run(tiny_config("rollout.n=4"), run_dir)
+
+
+def test_wandb_offline_writes_the_run_metrics(tmp_path):
+    cfg = tiny_config("train.steps=1", "logging.wandb.mode=offline", "loss.beta=0.1")
+    run(cfg, tmp_path)
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    rows = read_wandb_history(files[0])
+    assert [row["_step"] for row in rows] == [0]
+    logged = rows[0]
+    expected = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["reward_mean"] == pytest.approx(expected["reward_mean"])
+    assert logged["loss"] == pytest.approx(expected["loss"])
+    assert "kl" in expected and logged["kl"] == pytest.approx(expected["kl"])  # beta > 0: KL to the reference
