@@ -81,6 +81,7 @@ class Accelerator:
 
 
 def _tpu(name, chips, hosts, hbm_gib) -> Accelerator:
+    # v6e reports bytes_limit = 31.25 GiB of its 32 GiB; the same reservation is assumed elsewhere.
     return Accelerator(name, "tpu", chips, hosts, hbm_gib, reserved_gib=0.75)
 
 
