@@ -5,7 +5,8 @@
 Both numbers come from one process on one machine, so the ratio does not depend on
 how fast this particular CPU is (goal: update >= 50% of matmul). The two are timed in
 alternating rounds and each reported as its median, so a neighbour's load on a shared
-machine hits both alike. The update is
+machine hits both alike; the same ratio by process CPU time (all threads) is reported
+too, as it is less sensitive to neighbours taking the cores. The update is
 `Trainer.step` (forward, log-probs with entropy, clipped loss, backward, SGD update) on a
 small Llama-shaped model. Its FLOPs are counted analytically as the matmul work the
 decoder executes: projections, MLP, LM head, and attention over all T x T scores (the
@@ -56,17 +57,20 @@ def model_flops(cfg: ModelConfig, batch: int, seq: int) -> float:
     return 3.0 * per_token * batch * T
 
 
-def timed_alternating(fns: dict, repeats: int) -> dict:
-    """Median wall seconds of each blocking fn(), run in alternating rounds after a warm-up."""
-    times = {name: [] for name in fns}
+def timed_alternating(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall and process-CPU seconds of each blocking fn(), in alternating rounds."""
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    median = lambda d: {name: statistics.median(t) for name, t in d.items()}
+    return median(wall), median(cpu)
 
 
 def matmul_fn(n: int):
@@ -107,8 +111,8 @@ def update_fn(cfg: ModelConfig, args):
 
 def run(args) -> dict:
     cfg = bench_config(args)
-    seconds = timed_alternating({"matmul": matmul_fn(args.matmul_n),
-                                 "update": update_fn(cfg, args)}, args.repeats)
+    seconds, cpu_seconds = timed_alternating({"matmul": matmul_fn(args.matmul_n),
+                                              "update": update_fn(cfg, args)}, args.repeats)
     matmul = 2.0 * args.matmul_n**3 / seconds["matmul"]
     flops = model_flops(cfg, args.batch, args.seq)
     n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(
@@ -123,6 +127,8 @@ def run(args) -> dict:
         "update_model_gflops": flops / 1e9,
         "update_gflops_per_s": flops / seconds["update"] / 1e9,
         "fraction_of_matmul": flops / seconds["update"] / matmul,
+        "fraction_of_matmul_cpu_time": (flops / cpu_seconds["update"])
+        / (2.0 * args.matmul_n**3 / cpu_seconds["matmul"]),
     }
 
 
@@ -133,6 +139,9 @@ def print_table(result: dict) -> None:
         ("update model FLOPs", f"{result['update_model_gflops']:.2f} GFLOP"),
         ("update achieved", f"{result['update_gflops_per_s']:.1f} GFLOP/s"),
         ("update / matmul", f"{100 * result['fraction_of_matmul']:.1f} %  (goal >= 50 %)"),
+        ("update / matmul, CPU time", f"{100 * result['fraction_of_matmul_cpu_time']:.1f} %"),
+        ("load average (1 min)", f"{result['machine']['load_avg_1m']:.1f} on "
+                                 f"{result['machine']['cpus']} CPUs"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
