@@ -3,9 +3,9 @@
 For each of three configs of a tiny llama-shaped model and each phase, a FRESH
 subprocess builds the model inputs, runs the real code once (grpo_core.sampling.generate
 for rollout, grpo_core.train_step.Trainer.step for update) to compile and warm it, then
-resets the kernel's peak-RSS counter (/proc/self/clear_refs = 5) and runs it again.
+resets the kernel's peak-RSS counter (/proc/self/clear_refs = 5) and runs it 3 more times.
 
-    measured = (peak RSS during the second run - RSS just before it) + bytes of the arrays
+    measured = (peak RSS during those runs - RSS just before them) + bytes of the arrays
                already alive before it (params, optimizer state, batch)
 
 The baseline is the same process just before the measured run (jax imported, inputs
@@ -20,6 +20,7 @@ Run: python benchmarks/memory_check.py [--json FILE]   (about 2 minutes on 2 cor
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import gc
 import json
@@ -58,16 +59,22 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"{field} missing from /proc/self/status")
 
 
-def _measure(run, resident_trees) -> dict:
-    """Run twice (compile, then measure); peak RSS delta of the 2nd run plus resident bytes."""
+def _measure(run, resident_trees, repeats: int = 3) -> dict:
+    """Compile and warm with one run, then the peak RSS delta over `repeats` more runs.
+
+    XLA's CPU runtime runs independent ops concurrently, so which buffers overlap varies
+    from run to run (seen: +-10%); an OOM happens at the worst run, so take the max.
+    """
     import jax
 
     jax.block_until_ready(run())
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so `before` holds no garbage
     before = _rss_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-    jax.block_until_ready(run())
+    for _ in range(repeats):
+        jax.block_until_ready(run())
     resident = sum(x.nbytes for t in resident_trees for x in jax.tree.leaves(t))
     return {"delta": _rss_bytes("VmHWM") - before, "resident": resident}
 
