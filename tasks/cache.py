@@ -5,8 +5,9 @@ the upstream manifest, params version [rollout/eval], prompt ids [rollout]).
 
 Key records and result payloads live under the run directory (`prefect/keys`,
 `prefect/results`), so a run directory carries its own cache. SERIALIZABLE isolation
-with a file lock means two processes on the same run cannot both compute a phase: the
-second waits and reuses the first one's manifest. A cached manifest whose artifact is
+with a file lock (an flock, which the OS releases if its holder is killed) means two
+processes on the same run cannot both compute a phase: the second waits and reuses the
+first one's manifest. A cached manifest whose artifact is
 missing or whose checksum no longer matches is dropped (with a warning), so the phase
 runs again instead of handing the next phase a broken file.
 """
@@ -19,13 +20,13 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.filesystems import LocalFileSystem
-from prefect.locking.filesystem import FileSystemLockManager
 from prefect.results import ResultStore
 from prefect.serializers import JSONSerializer
 from pydantic import BaseModel, Field
 
 from grpo_core.artifacts import file_is_intact
 from schemas.manifests import PhaseManifest
+from tasks.locks import FlockLockManager
 
 logger = logging.getLogger("grpo_flows.cache")
 
@@ -112,7 +113,7 @@ def cache_options(run_dir: str | Path) -> dict:
         path.mkdir(parents=True, exist_ok=True)
     policy = PhaseCachePolicy().configure(
         key_storage=LocalFileSystem(basepath=str(dirs["keys"])),
-        lock_manager=FileSystemLockManager(lock_files_directory=dirs["locks"]),
+        lock_manager=FlockLockManager(dirs["locks"]),
         isolation_level="SERIALIZABLE",
     )
     return {

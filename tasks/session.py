@@ -146,7 +146,7 @@ class TrainSession:
         batch = self.trainer.shard_batch(batch_np)
         params, opt_state, metrics = self.trainer.step(self.params, self.opt_state, batch, self.ref_params)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics["lr"] = float(self.schedule_lr(step))
+        metrics["lr"] = float(self.schedule_lr(step * self.cfg.train.ppo_epochs))  # one optimizer update per epoch
         if not np.isfinite(metrics.get("loss", 0.0)):
             raise NonFiniteLoss(step, metrics.get("loss"))
         self.params, self.opt_state, self.params_version = params, opt_state, step + 1

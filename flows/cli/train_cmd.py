@@ -14,6 +14,8 @@ def default_run_dir(config_path: str) -> Path:
 def train(args: argparse.Namespace) -> int:
     # The embedded server's usage telemetry contends for its SQLite file with the run itself.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A loaded 2-core laptop can take longer than Prefect's default 20 s to start the embedded server.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from schemas import load_run_config
 
     cfg = load_run_config(args.config, args.overrides)
