@@ -28,8 +28,8 @@ import optax
 
 from grpo_core.loss import loss_denominator, policy_loss
 from grpo_core.models.config import ModelConfig
-from grpo_core.models.decoder import forward
-from grpo_core.sharding import batch_sharding, batch_shards, replicated
+from grpo_core.models.decoder import forward, logits_from_hidden
+from grpo_core.sharding import batch_sharding, batch_shards, constrain, replicated
 
 REQUIRED_KEYS = ("tokens_bt", "positions_bt", "attn_mask_bt", "completion_mask_bt", "advantages_b")
 OPTIONAL_KEYS = ("old_logps_bt", "ref_logps_bt")
@@ -55,17 +55,25 @@ def token_logps(logits_btv, targets_bt, temperature: float, with_entropy: bool =
 
 
 def sequence_logps(params, batch, cfg: ModelConfig, temperature: float, *,
-                   remat: bool = False, with_entropy: bool = False, mesh=None):
+                   remat: bool = False, with_entropy: bool = False, mesh=None, score_last: int | None = None):
     """Per-token log-probs [B, T] (0 at t=0) of batch["tokens_bt"] from one forward pass,
-    and the per-token entropy [B, T] (or None). mesh: pins activations (see forward)."""
+    and the per-token entropy [B, T] (or None). mesh: pins activations (see forward).
+
+    score_last: when the completions sit in the last `score_last` columns (the pipeline's
+    layout), only those positions go through the LM head; the others get log-prob 0. The
+    head is ~20% of a small model's FLOPs per position and its float32 logits dominate
+    activation memory, so this matters when prompts are longer than completions.
+    """
     tokens = batch["tokens_bt"]
-    logits, _ = forward(params, tokens[:, :-1], cfg, positions_bt=batch["positions_bt"][:, :-1],
-                        attn_mask_bt=batch["attn_mask_bt"][:, :-1], remat=remat, mesh=mesh)
-    logps, entropy = token_logps(logits, tokens[:, 1:], temperature, with_entropy)
-    first = jnp.zeros_like(logps[:, :1])
-    logps = jnp.concatenate([first, logps], axis=1)
+    hidden, _ = forward(params, tokens[:, :-1], cfg, positions_bt=batch["positions_bt"][:, :-1],
+                        attn_mask_bt=batch["attn_mask_bt"][:, :-1], remat=remat, mesh=mesh, return_hidden=True)
+    scored = tokens.shape[1] - 1 if score_last is None else min(score_last, tokens.shape[1] - 1)
+    logits = constrain(logits_from_hidden(params, hidden[:, -scored:], cfg), ("batch", "seq", "vocab"), mesh)
+    logps, entropy = token_logps(logits, tokens[:, -scored:], temperature, with_entropy)
+    pad = jnp.zeros((tokens.shape[0], tokens.shape[1] - scored), logps.dtype)
+    logps = jnp.concatenate([pad, logps], axis=1)
     if entropy is not None:
-        entropy = jnp.concatenate([first, entropy], axis=1)
+        entropy = jnp.concatenate([pad, entropy], axis=1)
     return logps, entropy
 
 
@@ -96,7 +104,8 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                  loss_cfg=None, *, mesh, micro_batches: int = 1, ppo_epochs: int = 1,
-                 temperature: float = 1.0, remat: bool = False, with_entropy: bool = True):
+                 temperature: float = 1.0, remat: bool = False, with_entropy: bool = True,
+                 score_last: int | None = None):
         self.cfg, self.optimizer, self.mesh = model_cfg, optimizer, mesh
         self.loss_kwargs = _loss_settings(loss_cfg)
         if self.loss_kwargs["agg"] == "seq_mean_token_sum_norm" and \
@@ -105,6 +114,7 @@ class Trainer:
                              "(resolve null to rollout.max_new_tokens before building the Trainer)")
         self.micro_batches, self.ppo_epochs = int(micro_batches), int(ppo_epochs)
         self.temperature, self.remat, self.with_entropy = temperature, remat, with_entropy
+        self.score_last = score_last
         self._compiled = None
 
     # ---- host-side entry points ------------------------------------------------------
@@ -196,13 +206,14 @@ class Trainer:
     def _loss(self, params, mb, den, ref_params):
         """Micro-batch loss (divided by the whole-batch `den`), metrics, and logps to keep."""
         logps, entropy = sequence_logps(params, mb, self.cfg, self.temperature, remat=self.remat,
-                                        with_entropy=self.with_entropy, mesh=self.mesh)
+                                        with_entropy=self.with_entropy, mesh=self.mesh, score_last=self.score_last)
         old = mb.get("old_logps_bt")
         old = jax.lax.stop_gradient(logps) if old is None else old
         ref = mb.get("ref_logps_bt")
         if ref is None and self.loss_kwargs["beta"] > 0:
             ref = jax.lax.stop_gradient(sequence_logps(
-                ref_params, mb, self.cfg, self.temperature, remat=self.remat, mesh=self.mesh)[0])
+                ref_params, mb, self.cfg, self.temperature, remat=self.remat, mesh=self.mesh,
+                score_last=self.score_last)[0])
         loss, metrics = policy_loss(logps, old, mb["advantages_b"], mb["completion_mask_bt"],
                                     ref_logps=ref, normalizer=den, entropy=entropy,
                                     **self.loss_kwargs)

@@ -180,3 +180,18 @@ def test_optimizer_moments_are_sharded_like_params():
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         assert _get(mu, path).sharding == leaf.sharding, jax.tree_util.keystr(path)
     assert "fsdp" in str(params["layers"]["w_up"].sharding.spec)   # really sharded
+
+
+def test_score_last_equals_full_scoring_on_the_completion_columns():
+    """Scoring only the last M columns gives the same completion log-probs as scoring all."""
+    cfg = PRESETS["tiny-llama"]
+    params = init_params(cfg, jax.random.PRNGKey(3))
+    tokens = jax.random.randint(jax.random.PRNGKey(4), (3, 13), 3, cfg.vocab_size)
+    mask = jnp.ones_like(tokens).at[0, :4].set(0)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    batch = {"tokens_bt": tokens, "positions_bt": positions, "attn_mask_bt": mask}
+    full, full_ent = sequence_logps(params, batch, cfg, 0.7, with_entropy=True)
+    last, last_ent = sequence_logps(params, batch, cfg, 0.7, with_entropy=True, score_last=5)
+    np.testing.assert_allclose(np.asarray(last[:, -5:]), np.asarray(full[:, -5:]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(last_ent[:, -5:]), np.asarray(full_ent[:, -5:]), atol=1e-5)
+    assert np.all(np.asarray(last[:, :-5]) == 0)
