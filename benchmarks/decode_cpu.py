@@ -112,7 +112,9 @@ def environment() -> dict:
     import torch
     import transformers
 
-    return {"machine": platform.machine(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
+    # Other processes on a small shared machine skew both sides differently: record the load.
+    return {"machine": platform.machine(), "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
+            "jax": jax.__version__,
             "jax_devices": len(jax.devices()), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
