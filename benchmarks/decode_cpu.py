@@ -4,7 +4,8 @@ Same machine, same run, same weights (SmolLM2-135M-Instruct, float32, our conver
 directory loaded by both), same chat prompts, greedy, a fixed number of new tokens (EOS
 does not stop either side, so both produce exactly prompts x new_tokens tokens). Our
 first call includes XLA compilation; it is reported separately and excluded from the
-throughput, which is the best of `--repeats` timed calls for each side.
+throughput, which is the best of `--repeats` timed calls for each side. Timed calls
+alternate between the two sides, so load from other processes hits both alike.
 
     python benchmarks/decode_cpu.py [--model-dir DIR] [--prompts 8] [--new-tokens 64]
 
@@ -41,31 +42,24 @@ def chat_prompts(tokenizer, count: int) -> list[list[int]]:
     return [tokenizer(t)["input_ids"] for t in texts]
 
 
-def best_time(fn, repeats: int):
-    """(min seconds over `repeats` calls, last result)."""
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
-
-
-def run_ours(model_dir: Path, prompts, new_tokens: int, repeats: int) -> dict:
+def ours_caller(model_dir: Path, prompts, new_tokens: int):
+    """(call() -> completions, first-call seconds incl. XLA compilation)."""
     from grpo_core.models.loading import load_pretrained
     from grpo_core.sampling import generate
 
     model = load_pretrained(model_dir, dtype="float32")
-    call = lambda: generate(model, prompts, new_tokens, temperature=0.0, stop_at_eos=False)  # noqa: E731
+
+    def call():
+        result = generate(model, prompts, new_tokens, temperature=0.0, stop_at_eos=False)
+        return [list(map(int, t)) for t in result.tokens]
+
     start = time.perf_counter()
     call()
-    first = time.perf_counter() - start
-    seconds, result = best_time(call, repeats)
-    return {"seconds": seconds, "first_call_seconds": first, "compile_seconds": max(first - seconds, 0.0),
-            "tokens": [list(map(int, t)) for t in result.tokens]}
+    return call, time.perf_counter() - start
 
 
-def run_hf(model_dir: Path, prompts, new_tokens: int, repeats: int, pad_id: int) -> dict:
+def hf_caller(model_dir: Path, prompts, new_tokens: int, pad_id: int):
+    """(call() -> completions, torch threads); left-padded batch like ours."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -78,11 +72,22 @@ def run_hf(model_dir: Path, prompts, new_tokens: int, repeats: int, pad_id: int)
 
     def call():
         with torch.inference_mode():
-            return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            return model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:].tolist()
 
     call()  # warm-up (allocator, lazy init)
-    seconds, out = best_time(call, repeats)
-    return {"seconds": seconds, "tokens": out[:, width:].tolist(), "torch_threads": torch.get_num_threads()}
+    return call, torch.get_num_threads()
+
+
+def time_alternating(calls: dict, repeats: int) -> dict:
+    """{name: (best seconds, completions)}; calls alternate so load spikes hit both sides alike."""
+    times = {name: [] for name in calls}
+    outputs = {}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            outputs[name] = call()
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(times[name]), outputs[name]) for name in calls}
 
 
 def _until_eos(tokens: list[int], eos_ids) -> list[int]:
@@ -133,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model-dir", help="HF-format SmolLM2 dir (default: `grpo models pull` cache)")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_cpu.json"))
     args = parser.parse_args(argv)
     if args.model_dir is None:
@@ -146,8 +151,12 @@ def main(argv=None) -> int:
 
     tokenizer = load_tokenizer(model_dir)
     prompts = chat_prompts(tokenizer, args.prompts)
-    ours = run_ours(model_dir, prompts, args.new_tokens, args.repeats)
-    hf = run_hf(model_dir, prompts, args.new_tokens, args.repeats, tokenizer.pad_token_id)
+    ours_call, first_call = ours_caller(model_dir, prompts, args.new_tokens)
+    hf_call, threads = hf_caller(model_dir, prompts, args.new_tokens, tokenizer.pad_token_id)
+    timed = time_alternating({"ours": ours_call, "hf": hf_call}, args.repeats)
+    ours = {"seconds": timed["ours"][0], "tokens": timed["ours"][1], "first_call_seconds": first_call,
+            "compile_seconds": max(first_call - timed["ours"][0], 0.0)}
+    hf = {"seconds": timed["hf"][0], "tokens": timed["hf"][1], "torch_threads": threads}
     report = {"benchmark": "decode_cpu", "model": "smollm2-135m-instruct", "dtype": "float32",
               "prompts": args.prompts, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "prompt_lengths": [len(p) for p in prompts], "environment": environment(),
