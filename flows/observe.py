@@ -13,6 +13,7 @@ import numpy as np
 
 from flows.wandb_sink import WandbSink
 from grpo_core.artifacts import atomic_write_bytes
+from tasks.multihost import combine_stats, host_value
 
 CORE_COLUMNS = ("step", "reward_mean", "reward_gsm8k_correct_mean", "pass@k", "loss", "kl", "grad_norm",
                 "completion_length_mean", "step_seconds", "cached")
@@ -24,7 +25,7 @@ def params_sha256(params) -> str:
     leaves = sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0]))
     for path, leaf in leaves:
         digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+        digest.update(np.ascontiguousarray(host_value(leaf)).tobytes())
     return digest.hexdigest()
 
 
@@ -67,7 +68,7 @@ class RunObserver:
         return {r["step"]: r for r in map(json.loads, self.path.read_text().splitlines()) if r}
 
     def step_done(self, step: int, manifests: dict, wall: float) -> None:
-        record = step_record(step, manifests, self.session.timings.get(step, {}), wall)
+        record = combine_stats(step_record(step, manifests, self.session.timings.get(step, {}), wall))
         if record["cached"] and step in self.records:
             record = {**self.records[step], "cached": True, "step_seconds": wall}
         self.records[step] = record

@@ -18,7 +18,8 @@ from prefect import flow
 from flows.observe import RunObserver
 from schemas.run import RunConfig
 from tasks import phases
-from tasks.cache import PhaseInput, cache_options, config_digest
+from tasks.cache import PhaseInput, cache_options, config_digest, drop_if_broken
+from tasks.multihost import all_processes
 from tasks.session import TrainSession, get_session
 
 
@@ -39,23 +40,32 @@ def _input(session, step: int, phase: str, digests: dict, **extra) -> PhaseInput
                       process_index=session.process_index, config_digest=digests[phase], **extra)
 
 
+def _refresh(phase_input: PhaseInput) -> bool:
+    """Recompute a collective phase unless EVERY process has it cached (see tasks/multihost.py)."""
+    if get_session(phase_input.run_id).num_processes == 1:
+        return False
+    return not all_processes(drop_if_broken(phase_input.cache_key(), phase_input.run_dir))
+
+
 @flow(name="train-step", flow_run_name="step-{step}", persist_result=False)
 async def step_flow(run_id: str, step: int) -> dict:
     """One training step: the four phases (each a cached task) and, when due, eval."""
     session = get_session(run_id)
     opts, digests = cache_options(session.run_dir), _phase_inputs(session, step)
     prompt_ids = [int(it["prompt_id"]) for it in session.items_for_step(step)]
-    rolled = phases.rollout.with_options(**opts)(
-        _input(session, step, "rollout", digests, params_version=step, prompt_ids=prompt_ids))
+    rollout_input = _input(session, step, "rollout", digests, params_version=step, prompt_ids=prompt_ids)
+    rolled = phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))(rollout_input)
     rewarded = phases.reward.with_options(**opts)(_input(session, step, "reward", digests, upstream=rolled))
     advantaged = phases.advantage.with_options(**opts)(_input(session, step, "advantage", digests, upstream=rewarded))
-    replay = session.params_version <= step  # the params still need this update: run it even if cached
-    updated = phases.update.with_options(**opts, refresh_cache=replay)(
-        _input(session, step, "update", digests, upstream=advantaged), rolled)
+    update_input = _input(session, step, "update", digests, upstream=advantaged)
+    # The params still need this update: run it even if cached. The same on every process,
+    # since all restore the same checkpoint.
+    replay = session.params_version <= step
+    updated = phases.update.with_options(**opts, refresh_cache=replay)(update_input, rolled)
     manifests = {"rollout": rolled, "reward": rewarded, "advantage": advantaged, "update": updated}
     if session.cfg.eval.every_steps and (step + 1) % session.cfg.eval.every_steps == 0:
-        manifests["eval"] = phases.evaluate.with_options(**opts)(
-            _input(session, step, "eval", digests, params_version=step + 1))
+        eval_input = _input(session, step, "eval", digests, params_version=step + 1)
+        manifests["eval"] = phases.evaluate.with_options(**opts, refresh_cache=_refresh(eval_input))(eval_input)
     return manifests
 
 

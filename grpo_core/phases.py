@@ -96,7 +96,7 @@ def _bucket(length: int, multiple: int) -> int:
 
 
 def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, pad_id: int,
-                 prompt_bucket: int = 32) -> dict[str, np.ndarray]:
+                 prompt_bucket: int = 32, prompt_width: int | None = None) -> dict[str, np.ndarray]:
     """Padded train-step arrays [B, T]: left-padded prompt, then completion, then right padding.
 
     T = (longest prompt rounded up to `prompt_bucket`) + max_new_tokens, so a run compiles
@@ -106,7 +106,7 @@ def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, p
     """
     prompts = rollout.column("prompt_ids").to_pylist()
     completions = rollout.column("completion_ids").to_pylist()
-    width = _bucket(max(len(p) for p in prompts), prompt_bucket)
+    width = _bucket(max(prompt_width or 0, *(len(p) for p in prompts)), prompt_bucket)
     total = width + max_new_tokens
     tokens = np.full((len(prompts), total), pad_id, np.int32)
     attn = np.zeros_like(tokens)

@@ -137,6 +137,13 @@ def think_answer_format(item: Mapping, completion: str) -> float:
     return 1.0 if _THINK_ANSWER.match(completion) else 0.0
 
 
+@register_reward("states_number")
+def states_number(item: Mapping, completion: str) -> float:
+    """1.0 when the completion states any number at all: a shaping reward for models (or
+    tiny test models) that do not yet answer numerically, so their groups are not all 0."""
+    return 1.0 if extract_final_answer(completion) is not None else 0.0
+
+
 # Newlines are part of the tags so that the reward nudges towards the exact layout
 # "<think>\n...\n</think>\n<answer>\n...\n</answer>", which also passes the format reward.
 TAGS = ("<think>\n", "\n</think>\n", "\n<answer>\n", "\n</answer>")

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from schemas.base import Section
 
-RewardName = Literal["gsm8k_correct", "think_answer_format", "tag_count"]
+RewardName = Literal["gsm8k_correct", "think_answer_format", "tag_count", "states_number"]
 EstimatorName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "global"]
 AggregationName = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 

@@ -79,15 +79,16 @@ class PhaseCachePolicy(CachePolicy):
         if not isinstance(phase_input, PhaseInput):
             return None
         key = phase_input.cache_key()
-        _drop_if_broken(key, phase_input.run_dir)
+        drop_if_broken(key, phase_input.run_dir)
         return key
 
 
-def _drop_if_broken(key: str, run_dir: str) -> None:
+def drop_if_broken(key: str, run_dir: str) -> bool:
+    """Delete the cache record of `key` unless its artifact is intact; True when one remains."""
     dirs = storage_dirs(run_dir)
     record_path = dirs["keys"] / key
     if not record_path.exists():
-        return
+        return False
     try:
         store = ResultStore(
             metadata_storage=LocalFileSystem(basepath=str(dirs["keys"])),
@@ -104,6 +105,7 @@ def _drop_if_broken(key: str, run_dir: str) -> None:
             logger.warning("cached artifact for %s is missing or its sha256 changed; recomputing", key)
     if not intact:
         record_path.unlink(missing_ok=True)
+    return intact
 
 
 def cache_options(run_dir: str | Path) -> dict:

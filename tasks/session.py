@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_core import phases
+from grpo_core.artifacts import atomic_write_bytes
 from grpo_core.checkpoint import Checkpoints
 from grpo_core.data import make_prompt_stream
 from grpo_core.errors import UserError
@@ -27,6 +28,7 @@ from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml
 from schemas.run import RunConfig
 from tasks.model_source import resolve_model
+from tasks.multihost import auto_mesh_shape, global_max, warn_if_fsdp_spans_hosts
 
 _SESSIONS: dict[str, "TrainSession"] = {}
 
@@ -40,8 +42,8 @@ def get_session(run_id: str) -> "TrainSession":
 class RunLock:
     """An exclusive flock on run_dir/run.lock; released by the OS if the process dies."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "run.lock"
+    def __init__(self, run_dir: Path, process_index: int = 0):
+        self.path = run_dir / ("run.lock" if process_index == 0 else f"run.p{process_index}.lock")
         self.handle = open(self.path, "a+")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -64,9 +66,9 @@ class RunLock:
 
 
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    """A run directory holds one run: only train.steps, eval and logging may change on resume."""
+    """A run directory holds one run: only train.steps, eval, logging and mesh may change on resume."""
     saved = run_dir / "config.yaml"
-    mutable = {"train": {"steps"}, "logging": None, "eval": None}
+    mutable = {"train": {"steps"}, "logging": None, "eval": None, "mesh": None}
     if saved.exists():
         from schemas.loading import read_yaml
 
@@ -92,8 +94,7 @@ class TrainSession:
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_dir.resolve().name
         self.num_processes, self.process_index = jax.process_count(), jax.process_index()
         self.derived = cfg.derive(self.num_processes, jax.device_count())
-        shape = None if cfg.mesh.shape == "auto" else cfg.mesh.shape.model_dump()
-        self.mesh = make_mesh(shape)
+        self.mesh = make_mesh(_mesh_shape(cfg))
         model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
         self.model_cfg, self.tokenizer = model.config, model.tokenizer
         self.params = model.params
@@ -117,10 +118,11 @@ class TrainSession:
     def open(cls, cfg: RunConfig, run_dir: str | Path) -> "TrainSession":
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(run_dir)
+        lock = RunLock(run_dir, jax.process_index())
         try:
             _check_same_run(run_dir, cfg)
-            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            if jax.process_index() == 0:
+                atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode())
             session = cls(cfg, run_dir)
         except BaseException:
             lock.release()
@@ -173,10 +175,18 @@ class TrainSession:
     # ---- phases ----------------------------------------------------------------------
 
     def rollout(self, step: int, items=None, greedy: bool = False):
-        """Rollout table of this process's prompts for `step` (or `items`) with the current params."""
+        """Rollout table of this process's rows for `step` (or of `items`) with the current params.
+
+        Every process passes the step's GLOBAL prompts to the sampler (each device samples
+        its batch shard) and keeps the rows of its own prompts, so groups never span processes.
+        """
+        if items is None:
+            table = self.rollout(step, self.global_items(step))
+            share = self.derived.prompts_per_process * self.cfg.rollout.n
+            return table.slice(self.process_index * share, share)
         r, d = self.cfg.rollout, self.cfg.data
         return phases.rollout_table(
-            self.policy, items if items is not None else self.items_for_step(step), step=step,
+            self.policy, items, step=step,
             n=1 if greedy else r.n, max_new_tokens=(self.cfg.eval.max_new_tokens or r.max_new_tokens) if greedy
             else r.max_new_tokens, temperature=0.0 if greedy else r.temperature, top_p=r.top_p, top_k=r.top_k,
             seed=self.sample_seed(step), system_prompt=d.system_prompt, chat_template=d.chat_template,
@@ -184,8 +194,9 @@ class TrainSession:
         )
 
     def update(self, step: int, rollout_table, advantage_table) -> dict[str, float]:
+        width = global_max(max(len(p) for p in rollout_table.column("prompt_ids").to_pylist()))
         batch = phases.update_batch(rollout_table, advantage_table, self.cfg.rollout.max_new_tokens,
-                                    self.model_cfg.pad_token_id or 0)
+                                    self.model_cfg.pad_token_id or 0, prompt_width=width)
         started = time.perf_counter()
         metrics = self.apply_update(batch, step)
         tokens = float(batch["attn_mask_bt"].sum()) * self.cfg.train.ppo_epochs * self.num_processes
@@ -213,15 +224,26 @@ class TrainSession:
         total = len(self.stream.train_items)
         return {"epoch": seen // total, "position": seen % total, "seed": self.cfg.data.seed, "num_train": total}
 
+    def global_items(self, step: int) -> list[dict]:
+        """All prompts of `step`, in the same order on every process."""
+        self.stream.restore(self.data_state(step))
+        return self.stream.next_batch(self.derived.prompts_global_per_step)
+
     def items_for_step(self, step: int) -> list[dict]:
         """This process's share of the step's prompts (groups never span processes)."""
-        self.stream.restore(self.data_state(step))
-        items = self.stream.next_batch(self.derived.prompts_global_per_step)
         share = self.derived.prompts_per_process
-        return items[self.process_index * share : (self.process_index + 1) * share]
+        return self.global_items(step)[self.process_index * share : (self.process_index + 1) * share]
 
     def sample_seed(self, step: int) -> int:
         return (self.cfg.train.seed * 1_000_003 + step * 7919 + self.process_index) % (2**31 - 1)
+
+
+def _mesh_shape(cfg: RunConfig) -> dict | None:
+    if cfg.mesh.shape == "auto":
+        return auto_mesh_shape(jax.process_count(), jax.local_device_count())
+    shape = cfg.mesh.shape.model_dump()
+    warn_if_fsdp_spans_hosts(shape, jax.local_device_count())
+    return shape
 
 
 class NonFiniteLoss(UserError):

@@ -23,10 +23,20 @@ def train(args: argparse.Namespace) -> int:
 
     import jax
 
+    from tasks.distributed import initialize_processes
+
+    initialize_processes(cfg.mesh)
     cfg.derive(jax.process_count(), jax.device_count())  # batch errors before any Prefect start-up
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+    if jax.process_index() > 0:
+        # Only process 0 reports to the Prefect API; the others run the same flows on
+        # their own embedded server (and database) so every process takes the same path.
+        os.environ.pop("PREFECT_API_URL", None)
+        home = run_dir.absolute() / "prefect" / f"home-p{jax.process_index()}"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home)
     from flows.train import train_flow
 
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
     summary = asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
     print(f"done: {summary['steps']} steps in {run_dir} (params sha256 {summary['params_sha256'][:16]})")
     return 0

@@ -146,3 +146,11 @@ def test_register_twice_is_rejected():
     with pytest.raises(ValueError, match="twice"):
         register_reward("tag_count")(lambda item, completion: 0.0)
     assert REWARD_FUNCTIONS["tag_count"] is rewards.tag_count
+
+
+def test_states_number_rewards_any_number():
+    from grpo_core.rewards import states_number
+
+    item = {"question": "q", "answer": "#### 5"}
+    assert states_number(item, "I think it is 12 apples") == 1.0
+    assert states_number(item, "no idea at all") == 0.0

@@ -19,7 +19,7 @@ import yaml
 from grpo_core.artifacts import sha256_file
 from train_helpers import TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 PHASES = ("rollout", "reward", "advantage", "update")
 
 
