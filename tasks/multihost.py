@@ -52,7 +52,7 @@ def combine_stats(stats: dict[str, float]) -> dict[str, float]:
     *_max takes the max. (std is averaged too: an approximation documented in the metrics.)"""
     if jax.process_count() == 1:
         return stats
-    names = sorted(k for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    names = sorted(k for k, v in stats.items() if isinstance(v, float) and k != "step")
     table = _gather(np.array([float(stats[k]) for k in names], np.float64))
     combined = {k: float(table[:, i].max() if k.endswith("_max") else table[:, i].mean()) for i, k in enumerate(names)}
     return {**stats, **combined}

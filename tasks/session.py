@@ -235,7 +235,9 @@ class TrainSession:
         return self.global_items(step)[self.process_index * share : (self.process_index + 1) * share]
 
     def sample_seed(self, step: int) -> int:
-        return (self.cfg.train.seed * 1_000_003 + step * 7919 + self.process_index) % (2**31 - 1)
+        """The sampling seed of `step`: the same on every process (the sampler draws for the
+        whole global batch), so a run's samples do not depend on how it is split."""
+        return (self.cfg.train.seed * 1_000_003 + step * 7919) % (2**31 - 1)
 
 
 def _mesh_shape(cfg: RunConfig) -> dict | None:
