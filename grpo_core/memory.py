@@ -23,9 +23,10 @@ Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.
    [B, Nq, T, S] plus probabilities. For the backward pass without remat every layer keeps
    its residuals (`_saved_per_token_layer`); with remat (jax.checkpoint per layer) only
    the residual stream per layer is kept and one layer is recomputed at a time.
-7. Logits are float32. The update holds `UPDATE_LOGIT_COPIES` [mb, T-1, V] arrays for a
-   micro-batch (logits, softmax for logsumexp/entropy, and their gradient); its batch is
-   T = prompt rounded up to 64 + new tokens wide (grpo_core.phases). The sampler
+7. Logits are float32. The update holds `UPDATE_LOGIT_COPIES` [mb, M, V] arrays for a
+   micro-batch (logits, softmax for logsumexp/entropy, and their gradient): only the M
+   completion columns go through the LM head. Its batch is T = prompt rounded up to 32 +
+   M new tokens wide (grpo_core.phases). The sampler
    (grpo_core.sampling) pads the global prompt count to a power of two and then to the
    batch shards, and the prompt length to a power of two; it prefills each prompt once into
    a [L, P, Tp] cache, computes only the last position's logits, and repeats that cache n
@@ -304,7 +305,8 @@ def update_components(w: Workload) -> dict[str, int]:
     stream = mb * t * m.hidden_size * pb * m.num_hidden_layers
     layer = _layer_activations(m, mb, t, t, pb, w.tp)
     parts["activations"] = stream + layer if w.remat else m.num_hidden_layers * layer
-    parts["logits"] = UPDATE_LOGIT_COPIES * mb * t * vocab * 4
+    # Only the completion columns go through the LM head (Trainer(score_last=new_tokens)).
+    parts["logits"] = UPDATE_LOGIT_COPIES * mb * min(t, w.new_tokens) * vocab * 4
     # tokens, positions, masks, old logps as [B, T] 4-byte arrays, plus their micro-batch split.
     parts["batch arrays"] = 2 * 5 * w.update_rows_per_device * (t + 1) * 4
     return parts
