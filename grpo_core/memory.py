@@ -156,8 +156,8 @@ class Workload:
 
     @property
     def update_tokens(self) -> int:
-        """Update batch width: prompt rounded up to 64 (grpo_core.phases) plus completion."""
-        return -(-self.max_prompt_tokens // 64) * 64 + self.new_tokens
+        """Update batch width: prompt rounded up to 32 (grpo_core.phases) plus completion."""
+        return -(-self.max_prompt_tokens // 32) * 32 + self.new_tokens
 
     @property
     def update_rows_per_device(self) -> int:
