@@ -1,6 +1,4 @@
 """Decoder: config round trips, shapes/axes, KV-cache consistency, and HF parity (torch)."""
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,6 @@ from grpo_core.models.decoder import (
 )
 from grpo_core.models.hf_names import hf_state_from_params, params_from_hf_state
 
-sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: make the sibling helper importable
 TINY = ["tiny-llama", "tiny-qwen2"]
 
 

@@ -1,8 +1,6 @@
 """Sampler: distribution of draws, logps = recomputed log-probs, EOS/early exit, no retrace,
 mesh invariance, and greedy parity with HF generate (torch)."""
 import dataclasses
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,6 @@ from grpo_core.models.decoder import init_params, param_logical_axes
 from grpo_core.sampling import TRACE_COUNTS, SamplingSpec, filter_logits, generate, sample_from_logits
 from grpo_core.sharding import make_mesh, shard_params
 
-sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: make the sibling helper importable
 PROMPTS = [[5, 17, 9, 200, 31], [44], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [99, 3]]
 
 

@@ -1,9 +1,7 @@
 """`grpo smoke --dry-run` prints every request and command and creates nothing."""
-import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: sibling helpers
 from smoke_helpers import ROOT, make_repo  # noqa: E402
 
 

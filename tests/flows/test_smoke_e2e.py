@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: sibling helpers
 from smoke_helpers import ROOT, SECRET, grep_tree  # noqa: E402
 
 pytestmark = pytest.mark.slow

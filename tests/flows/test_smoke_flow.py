@@ -2,12 +2,9 @@
 provider against the loopback fake TPU API with a fake ssh runner."""
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: sibling helpers
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tpu"))
 from fake_tpu_api import HISTORICAL_ZONES, FakeTpuApi, historical_zone_errors  # noqa: E402
 from smoke_helpers import FAKE_JOB, SECRET, grep_tree, make_repo  # noqa: E402
 

@@ -1,9 +1,6 @@
 """validate (baseline comparison), reap-tpu-vms and provision-tpu on the local provider."""
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: sibling helpers
 from smoke_helpers import FAKE_JOB, make_repo  # noqa: E402
 
 from tpu.local import LocalProvider

@@ -1,10 +1,7 @@
 """The gcp provider's own client code against a loopback fake of the Cloud TPU REST API."""
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: make the sibling helper importable
 from fake_tpu_api import HISTORICAL_ZONES, FakeTpuApi, historical_zone_errors  # noqa: E402
 
 from tpu.gcp import GcpProvider, make_client
