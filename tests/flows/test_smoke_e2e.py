@@ -125,11 +125,11 @@ TINY = ["model.name_or_path=tiny-llama", "model.init=random", "model.tokenizer=b
 
 
 def test_smoke_deployment_with_real_grpo_train(stack):
-    # One CPU device: grpo train's update on 8 host devices currently fails (incompatible devices).
-    # The job starts its own temporary Prefect server, slow on a busy 2-core machine.
-    one_device = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-                  "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
-    run_id = stack.run(f"overrides={json.dumps(TINY)}", f"job_env={json.dumps(one_device)}",
+    # 8 host CPU devices, like the 8 chips of a v6e-8. The job starts its own temporary
+    # Prefect server, slow on a busy 2-core machine.
+    job_env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
+    run_id = stack.run(f"overrides={json.dumps(TINY)}", f"job_env={json.dumps(job_env)}",
                        'timeouts={"job_s": 1200, "poll_s": 2}')
     flow_run = stack.wait(run_id, timeout_s=1500)
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
