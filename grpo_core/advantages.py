@@ -21,21 +21,11 @@ from collections.abc import Callable
 import numpy as np
 
 from grpo_core.errors import UserError
+from grpo_core.registry import make_registry
 
 Estimator = Callable[[np.ndarray, float, int], np.ndarray]
-ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
-
-
-def register_advantage_estimator(name: str) -> Callable[[Estimator], Estimator]:
-    """Decorator: add `fn(rewards_gk, eps, std_ddof) -> adv_gk` to ADVANTAGE_ESTIMATORS."""
-
-    def add(fn: Estimator) -> Estimator:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is registered twice")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return add
+# Estimators take (rewards_gk, eps, std_ddof) and return advantages_gk.
+ADVANTAGE_ESTIMATORS, register_advantage_estimator = make_registry("advantage estimator")
 
 
 def _has_spread(rewards_gk: np.ndarray) -> np.ndarray:

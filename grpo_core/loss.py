@@ -20,23 +20,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from grpo_core.registry import make_registry
+
 Aggregation = Callable[[jax.Array, jax.Array, int | None], tuple[jax.Array, jax.Array]]
-LOSS_AGGREGATIONS: dict[str, Aggregation] = {}
+# Aggregations take (per_token_bt, mask_bt, max_completion_length) and return (num, den).
+LOSS_AGGREGATIONS, register_loss_aggregation = make_registry("loss aggregation")
 
 # Caps |ref - logp| inside exp() so a far-off token gives a large finite KL, not inf.
 _KL_LOG_RATIO_CAP = 20.0
-
-
-def register_loss_aggregation(name: str) -> Callable[[Aggregation], Aggregation]:
-    """Decorator: add `fn(per_token_bt, mask_bt, max_completion_length) -> (num, den)`."""
-
-    def add(fn: Aggregation) -> Aggregation:
-        if name in LOSS_AGGREGATIONS:
-            raise ValueError(f"loss aggregation {name!r} is registered twice")
-        LOSS_AGGREGATIONS[name] = fn
-        return fn
-
-    return add
 
 
 def _rows_with_tokens(mask_bt: jax.Array) -> jax.Array:

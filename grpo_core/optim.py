@@ -11,28 +11,12 @@ Defaults reproduce the historical hard-coded optimizer exactly:
 A new optimizer is one `@register_optimizer("name")` entry; the config schema takes its
 allowed names from `OPTIMIZERS`.
 """
-from typing import Callable
-
 import optax
 
-OPTIMIZERS: dict[str, Callable] = {}
-SCHEDULES: dict[str, Callable] = {}
+from grpo_core.registry import make_registry
 
-
-def register_optimizer(name: str):
-    def decorate(fn):
-        OPTIMIZERS[name] = fn
-        return fn
-
-    return decorate
-
-
-def register_schedule(name: str):
-    def decorate(fn):
-        SCHEDULES[name] = fn
-        return fn
-
-    return decorate
+OPTIMIZERS, register_optimizer = make_registry("optimizer")
+SCHEDULES, register_schedule = make_registry("learning-rate schedule")
 
 
 def _betas(cfg) -> dict:

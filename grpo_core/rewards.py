@@ -21,11 +21,12 @@ import numpy as np
 from math_verify import parse, verify
 
 from grpo_core.errors import UserError
+from grpo_core.registry import make_registry
 
 logger = logging.getLogger(__name__)
 
 RewardFn = Callable[[Mapping, str], float]
-REWARD_FUNCTIONS: dict[str, RewardFn] = {}
+REWARD_FUNCTIONS, register_reward = make_registry("reward function")
 
 # gsm8k_correct 1.0, think_answer_format 0.5, tag_count 0.5.
 DEFAULT_REWARD_SPECS: tuple[tuple[str, float], ...] = (
@@ -33,18 +34,6 @@ DEFAULT_REWARD_SPECS: tuple[tuple[str, float], ...] = (
     ("think_answer_format", 0.5),
     ("tag_count", 0.5),
 )
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: add a reward function to REWARD_FUNCTIONS under `name`."""
-
-    def add(fn: RewardFn) -> RewardFn:
-        if name in REWARD_FUNCTIONS:
-            raise ValueError(f"reward function {name!r} is registered twice")
-        REWARD_FUNCTIONS[name] = fn
-        return fn
-
-    return add
 
 
 # ---- final-answer extraction -------------------------------------------------------
