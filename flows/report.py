@@ -1,6 +1,8 @@
 """End-of-run reports: summary.json, the reward-curve PNG and Prefect artifacts."""
 import json
 
+import numpy as np
+
 from grpo_core.artifacts import atomic_write_bytes
 
 TABLE_COLUMNS = ("step", "reward_mean", "reward_gsm8k_correct_mean", "pass@1", "pass@k", "mean@k",
@@ -21,6 +23,10 @@ def reward_curve_png(records: dict[int, dict], path) -> None:
         values = [records[s].get(name) for s in steps]
         if any(v is not None for v in values):
             ax.plot(steps, values, marker="o", markersize=3, label=label)
+    correct = [records[s].get("reward_gsm8k_correct_mean") for s in steps]
+    if len(steps) >= 5 and None not in correct:
+        window = np.convolve(correct, np.ones(5) / 5, mode="valid")
+        ax.plot(steps[4:], window, linewidth=2.5, label="correctness, 5-step mean")
     evals = [(s, records[s]["eval_accuracy"]) for s in steps if "eval_accuracy" in records[s]]
     if evals:
         ax.plot(*zip(*evals), marker="s", label="eval accuracy (greedy)")
