@@ -34,6 +34,9 @@ def step_record(step: int, manifests: dict, timings: dict[str, float], wall: flo
     record = {"step": step}
     for manifest in manifests.values():
         record.update(manifest.stats)
+    # Phase statistics have the same keys on every process (a collective needs that);
+    # the timings below are this process's own: which phases ran may differ per process.
+    record = combine_stats(record)
     computed = sum(timings.values())
     record.update({f"time_{phase}": seconds for phase, seconds in timings.items()})
     record["step_seconds"] = wall
@@ -68,7 +71,7 @@ class RunObserver:
         return {r["step"]: r for r in map(json.loads, self.path.read_text().splitlines()) if r}
 
     def step_done(self, step: int, manifests: dict, wall: float) -> None:
-        record = combine_stats(step_record(step, manifests, self.session.timings.get(step, {}), wall))
+        record = step_record(step, manifests, self.session.timings.get(step, {}), wall)
         if record["cached"] and step in self.records:
             record = {**self.records[step], "cached": True, "step_seconds": wall}
         self.records[step] = record
