@@ -1,0 +1,47 @@
+"""TrainSession without Prefect: non-finite loss handling, data positions, fault switch."""
+import jax
+import numpy as np
+import pytest
+
+from tasks.faults import parse_fault
+from tasks.session import NonFiniteLoss, TrainSession
+from train_helpers import tiny_config
+
+
+@pytest.fixture
+def session(tmp_path):
+    opened = TrainSession.open(tiny_config("train.steps=3"), tmp_path / "run")
+    yield opened
+    opened.close()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(session, monkeypatch):
+    before = jax.tree.map(np.asarray, session.params)
+    monkeypatch.setattr(session.trainer, "step",
+                        lambda params, opt, batch, ref=None: (params, opt, {"loss": np.float32(np.nan)}))
+    table = session.rollout(0)
+    from grpo_core import phases
+
+    rewards, _ = phases.reward_table(table, session.cfg.rewards)
+    adv, _ = phases.advantage_table(rewards, 2, "grpo", 1e-4, 1, None)
+    with pytest.raises(NonFiniteLoss, match="not finite.*kept the last good checkpoint") as info:
+        session.update(0, table, adv)
+    assert info.value.exit_code == 1
+    assert session.params_version == 0
+    assert session.checkpoints.latest() is None
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(session.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_prompts_of_a_step_are_a_pure_function_of_the_step(session):
+    first = [it["prompt_id"] for it in session.items_for_step(5)]
+    session.items_for_step(0)
+    assert [it["prompt_id"] for it in session.items_for_step(5)] == first
+    assert len(first) == session.cfg.rollout.batch_size
+
+
+def test_fault_switch_parsing():
+    assert parse_fault(None) is None
+    assert parse_fault("update:2:kill") == ("update", 2, "kill")
+    with pytest.raises(SystemExit, match="GRPO_FAULT_INJECT"):
+        parse_fault("update:two:kill")
