@@ -8,8 +8,8 @@ random bfloat16 weights (the speed does not depend on the values).
 - Decode: `grpo_core.sampling.generate` for 64 and 256 sequences, fixed length
   (EOS off). Seconds per decode step = (t(prompt, M new) - t(prompt, 1 new)) / (M - 1),
   i.e. the prefill is subtracted. The bound: the bytes one decode step must read (every
-  weight once, the tied embedding once more as the LM head, and the K/V of the valid
-  context at its mean length) divided by the measured copy bandwidth.
+  weight once, the tied embedding as the LM head, and the K/V of the valid context at its
+  mean length) divided by the measured copy bandwidth.
   Goal on H100/H200: >= 50% of the bound at 256 sequences.
 - Update: `Trainer.step` (forward with entropy, clipped loss, backward, AdamW) on a
   [B, T] batch; model FLOPs counted as in benchmarks.update_flops; MFU = achieved FLOP/s
@@ -79,11 +79,16 @@ def build_model(cfg, mesh) -> Model:
 
 
 def decode_step_bytes(cfg, params, sequences: int, mean_context: float) -> float:
-    """Bytes one decode step must read: all weights (+ the tied embedding as LM head) and the valid K/V."""
+    """Bytes one decode step must read: every weight once and the K/V of the valid context (bf16).
+
+    The input embedding lookup reads only `sequences` rows, so an untied embedding does not
+    count; a tied one does, as the LM head reads all of it.
+    """
     weights = sum(x.nbytes for x in jax.tree.leaves(params))
-    lm_head = params["embed"].nbytes if cfg.tie_word_embeddings else 0
+    if not cfg.tie_word_embeddings:
+        weights -= params["embed"].nbytes
     kv = 2 * cfg.num_hidden_layers * sequences * mean_context * cfg.num_key_value_heads * cfg.head_dim * 2
-    return float(weights + lm_head + kv)
+    return float(weights + kv)
 
 
 def measure_decode(model: Model, sequences: int, prompt_len: int, new_tokens: int, bandwidth: float,

@@ -5,15 +5,16 @@ One process, the quickstart step shape (SmolLM2-135M-Instruct, 4 prompts x 4 sam
 
 1. plain: the same TrainSession calls as the flow's tasks in a plain Python loop
    (rollout -> reward -> advantage -> update), no Prefect, no artifacts;
-2. flow: `flows.train.train_flow` (one `step-<k>` flow run per step, four cached tasks
-   writing Parquet artifacts and manifests) in a second run directory.
+2. flow: `flows.train.step_flow` (a `step-<k>` subflow with four cached tasks writing
+   Parquet artifacts and manifests) plus the run observer, as `train_flow` runs them,
+   on a second session in its own run directory.
 
-Same config and seed, so both sides sample the same completions and do the same
-compute step for step. Reported: the paired overhead (median over steps of flow step
-minus plain step, over the plain step; Parquet writes and checksums count as overhead
-here) and the in-flow overhead the run itself records (step wall time minus the phase
-tasks' own compute seconds, from metrics.jsonl). The first `warmup` steps of each side
-compile and are excluded.
+Same config and seed, so both sides sample the same completions and do the same compute
+step for step; the two sides alternate step by step (and swap order every step) so a
+neighbour's load on a shared machine hits both alike. Reported: the paired overhead
+(median over steps of (flow - plain) / plain; Parquet writes and checksums count as
+overhead here) and the in-flow overhead (flow step wall time minus the phase tasks' own
+compute seconds). The first `warmup` steps compile and are excluded.
 
     python -m benchmarks.overhead [--steps 4] [--warmup 1]
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import tempfile
@@ -40,45 +40,63 @@ def quickstart_config(steps: int):
                                         "logging.progress_bar=false", "eval.every_steps=0"])
 
 
-def run_plain(cfg, run_dir: Path) -> list[float]:
-    """Wall seconds of each step in a plain loop."""
+async def paired_steps(cfg, root: str) -> list[dict]:
+    """Alternate a plain step and a Prefect step of two same-seed sessions; seconds of each.
+
+    Runs inside a parent flow so each `step_flow` is a subflow, as under `train_flow`; the
+    flow side's time includes the run observer's per-step work (metrics.jsonl, progress
+    artifact), which train_flow also does once per step.
+    """
     from benchmarks.grpo_step import plain_step
+    from flows.observe import RunObserver
+    from flows.train import step_flow
     from tasks.session import TrainSession
 
-    session = TrainSession.open(cfg, run_dir)
+    plain, flowed = TrainSession.open(cfg, Path(root) / "plain"), TrainSession.open(cfg, Path(root) / "flow")
+    observer, records = RunObserver(flowed), []
     try:
-        return [plain_step(session, step)["step"] for step in range(cfg.train.steps)]
+        for step in range(cfg.train.steps):
+            record = {}
+            for side in ("plain", "flow") if step % 2 == 0 else ("flow", "plain"):  # cancel order effects
+                start = time.perf_counter()
+                if side == "plain":
+                    plain_step(plain, step)
+                else:
+                    manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(flowed.run_id, step)
+                    observer.step_done(step, manifests, time.perf_counter() - start)
+                record[side] = time.perf_counter() - start
+            record["flow_compute"] = sum(flowed.timings.get(step, {}).values())
+            records.append(record)
     finally:
-        session.close()
+        observer.close()
+        flowed.close()
+        plain.close()
+    return records
 
 
-def run_flow(cfg, run_dir: Path) -> list[dict]:
-    """metrics.jsonl records of a train_flow run (step_seconds, time_<phase>, overhead)."""
+def run_paired(cfg, root: Path) -> list[dict]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from flows.train import train_flow
+    from prefect import flow
 
-    asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return sorted((json.loads(line) for line in lines if line), key=lambda r: r["step"])
+    parent = flow(name="overhead-benchmark", persist_result=False)(paired_steps)
+    return asyncio.run(parent(cfg, str(root)))
 
 
-def summarize(plain: list[float], flow: list[dict], warmup: int) -> dict:
+def summarize(records: list[dict], warmup: int) -> dict:
     """Paired and in-flow overhead over the steps after warm-up."""
-    pairs = list(zip(plain, flow))[warmup:]
-    if not pairs:
+    timed = records[warmup:]
+    if not timed:
         raise ValueError("no steps left after warm-up; raise --steps")
-    paired = [(f["step_seconds"] - p) / p for p, f in pairs]
-    in_flow = [f["orchestration_overhead_s"] / f["step_seconds"] for _, f in pairs]
-    plain_median = statistics.median(p for p, _ in pairs)
-    flow_median = statistics.median(f["step_seconds"] for _, f in pairs)
+    paired = [(r["flow"] - r["plain"]) / r["plain"] for r in timed]
+    in_flow = [(r["flow"] - r["flow_compute"]) / r["flow"] for r in timed]
     return {
-        "plain_step_seconds": plain, "flow_step_seconds": [f["step_seconds"] for f in flow],
-        "flow_phase_seconds": [{k: v for k, v in f.items() if k.startswith("time_")} for f in flow],
-        "plain_step_median_s": plain_median, "flow_step_median_s": flow_median,
+        "records": records,
+        "plain_step_median_s": statistics.median(r["plain"] for r in timed),
+        "flow_step_median_s": statistics.median(r["flow"] for r in timed),
         "overhead_fraction": statistics.median(paired), "paired_overhead_per_step": paired,
         "in_flow_overhead_fraction": statistics.median(in_flow),
-        "in_flow_overhead_s": statistics.median(f["orchestration_overhead_s"] for _, f in pairs),
+        "in_flow_overhead_s": statistics.median(r["flow"] - r["flow_compute"] for r in timed),
         "goal": "overhead_fraction <= 0.03",
     }
 
@@ -87,11 +105,10 @@ def run(steps: int = 4, warmup: int = 1) -> dict:
     cfg = quickstart_config(steps)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         started = time.perf_counter()
-        plain = run_plain(cfg, Path(tmp) / "plain")
-        flow = run_flow(cfg, Path(tmp) / "flow")
+        records = run_paired(cfg, Path(tmp))
         wall = time.perf_counter() - started
     result = {"config": "configs/quickstart_cpu.yaml (checkpoints off)", "steps": steps, "warmup_steps": warmup,
-              **summarize(plain, flow, warmup), "wall_seconds": wall}
+              **summarize(records, warmup), "wall_seconds": wall}
     write_result("overhead", result)
     return result
 

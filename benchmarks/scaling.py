@@ -31,17 +31,16 @@ class StepBench:
     def __init__(self, n: int = 4, lr: float = 1e-6):
         import optax
 
-        from benchmarks.grpo_step import MODEL, run_config
+        from benchmarks.grpo_step import run_config
         from grpo_core.data import make_prompt_stream
-        from grpo_core.models.loading import load_pretrained
         from grpo_core.phases import prompt_token_ids
         from grpo_core.sharding import make_mesh
         from grpo_core.train_step import Trainer
-        from tasks.models import pull_model
+        from tasks.model_source import resolve_model
 
         cfg = run_config(steps=1)
         self.n, self.mesh = n, make_mesh(None)
-        self.model = load_pretrained(pull_model(MODEL), "float32", mesh=self.mesh)
+        self.model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
         self.trainer = Trainer(self.model.config, optax.adamw(lr), mesh=self.mesh)
         self.opt_state = self.trainer.init_opt_state(self.model.params)
         items = make_prompt_stream(cfg.data).next_batch(8)
