@@ -32,7 +32,7 @@ def _fit_config(cfg, tokenizer):
     )
 
 
-def _random_model(section, seed: int, mesh, chat_template) -> Model:
+def _check_random(section) -> None:
     if section.name_or_path not in PRESETS:
         raise UserError(
             f"model.name_or_path={section.name_or_path!r} is not an architecture preset; with model.init=random "
@@ -40,6 +40,18 @@ def _random_model(section, seed: int, mesh, chat_template) -> Model:
         )
     if section.tokenizer is None:
         raise UserError("model.init=random needs model.tokenizer ('byte' or a directory with tokenizer.json)")
+
+
+def check_model_source(section) -> None:
+    """Fail early (before any Prefect start-up) on a model that cannot be found; pulls once."""
+    if section.init == "random":
+        _check_random(section)
+    else:
+        model_directory(section.name_or_path)
+
+
+def _random_model(section, seed: int, mesh, chat_template) -> Model:
+    _check_random(section)
     tokenizer = make_chat_tokenizer(section.tokenizer, chat_template=chat_template)
     cfg = _fit_config(PRESETS[section.name_or_path], tokenizer)
     params = init_params(cfg, jax.random.PRNGKey(seed), dtype=getattr(jnp, section.dtype))

@@ -27,7 +27,7 @@ from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml
 from schemas.run import RunConfig
-from tasks.model_source import resolve_model
+from tasks.model_source import check_model_source, resolve_model
 from tasks.multihost import auto_mesh_shape, global_max, warn_if_fsdp_spans_hosts
 
 _SESSIONS: dict[str, "TrainSession"] = {}
@@ -87,6 +87,15 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
                 f"run directory {run_dir} holds a run with a different config (sections {', '.join(changed)} "
                 "differ); resume it with its own config.yaml or pass a new --run-dir"
             )
+
+
+def check_before_start(cfg: RunConfig, run_dir: Path) -> None:
+    """Errors a user can fix, found before Prefect starts: a run directory in use or holding
+    another run's config, or a model that cannot be found."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    RunLock(run_dir, jax.process_index()).release()
+    _check_same_run(run_dir, cfg)
+    check_model_source(cfg.model)
 
 
 class TrainSession:

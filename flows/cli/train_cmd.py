@@ -35,6 +35,9 @@ def train(args: argparse.Namespace) -> int:
         home = run_dir.absolute() / "prefect" / f"home-p{jax.process_index()}"
         home.mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home)
+    from tasks.session import check_before_start
+
+    check_before_start(cfg, run_dir)
     from flows.train import train_flow
 
     summary = asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))

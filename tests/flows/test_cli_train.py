@@ -1,0 +1,51 @@
+"""`grpo train` refuses bad input before Prefect starts: exit 2, one line, no traceback."""
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tasks.session import RunLock
+from train_helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train(tmp_path, *sets):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("# test\n" + yaml.safe_dump(TINY))
+    argv = [sys.executable, "-m", "flows.cli.main", "train", "--config", str(config), "--run-dir", str(tmp_path / "run")]
+    for item in sets:
+        argv += ["--set", item]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().count("\n") == 0
+    for needle in needles:
+        assert needle in result.stderr
+
+
+def test_missing_model_directory(tmp_path):
+    result = train(tmp_path, "model.init=pretrained", f"model.name_or_path={tmp_path}/nope/model")
+    assert_one_line_error(result, "model.name_or_path", "nope/model")
+
+
+def test_unknown_preset_for_a_random_model(tmp_path):
+    assert_one_line_error(train(tmp_path, "model.name_or_path=tiny-gpt"), "not an architecture preset", "tiny-llama")
+
+
+def test_run_directory_in_use(tmp_path):
+    (tmp_path / "run").mkdir()
+    lock = RunLock(tmp_path / "run")
+    try:
+        assert_one_line_error(train(tmp_path), "in use by another `grpo train`")
+    finally:
+        lock.release()
+
+
+def test_batch_that_does_not_split_over_the_devices(tmp_path):
+    result = train(tmp_path, "rollout.batch_size=3")
+    assert_one_line_error(result, "rollout.batch_size=3", "rollout.allow_padding")
