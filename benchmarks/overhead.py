@@ -14,7 +14,10 @@ step for step; the two sides alternate step by step (and swap order every step) 
 neighbour's load on a shared machine hits both alike. Reported: the paired overhead
 (median over steps of (flow - plain) / plain; Parquet writes and checksums count as
 overhead here) and the in-flow overhead (flow step wall time minus the phase tasks' own
-compute seconds). The first `warmup` steps compile and are excluded.
+compute seconds). The first `warmup` steps compile and are excluded. On a loaded machine
+both carry the compute's noise, so the fixed per-step cost is also measured the same way
+on a tiny random model (compute ~0) and divided by the plain quickstart step
+(`fixed_overhead_fraction`), with a cProfile of that run in results/overhead_profile.txt.
 
     python -m benchmarks.overhead [--steps 4] [--warmup 1]
 """
@@ -28,16 +31,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_result
+from benchmarks.report import RESULTS_DIR, write_result
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart_cpu.yaml"
+# Set by fixed_overhead: profiles the flow side of the steps after the first (start-up and
+# compilation would otherwise dominate the profile). Not a flow parameter: it is not JSON.
+_PROFILER = None
 
 
-def quickstart_config(steps: int):
+def quickstart_config(steps: int, extra: list[str] = ()):
     from schemas.loading import load_run_config
 
     return load_run_config(QUICKSTART, [f"train.steps={steps}", "checkpoint.every_steps=1000000",
-                                        "logging.progress_bar=false", "eval.every_steps=0"])
+                                        "logging.progress_bar=false", "eval.every_steps=0", *extra])
 
 
 async def paired_steps(cfg, root: str) -> list[dict]:
@@ -62,8 +68,13 @@ async def paired_steps(cfg, root: str) -> list[dict]:
                 if side == "plain":
                     plain_step(plain, step)
                 else:
+                    profiling = _PROFILER is not None and step > 0
+                    if profiling:
+                        _PROFILER.enable()
                     manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(flowed.run_id, step)
                     observer.step_done(step, manifests, time.perf_counter() - start)
+                    if profiling:
+                        _PROFILER.disable()
                 record[side] = time.perf_counter() - start
             record["flow_compute"] = sum(flowed.timings.get(step, {}).values())
             records.append(record)
@@ -101,14 +112,48 @@ def summarize(records: list[dict], warmup: int) -> dict:
     }
 
 
-def run(steps: int = 4, warmup: int = 1) -> dict:
+TINY = ["model.name_or_path=tiny-llama", "model.init=random", "model.tokenizer=byte", "rollout.max_new_tokens=16"]
+
+
+def fixed_overhead(steps: int, warmup: int, profile_path: Path | None) -> dict:
+    """Absolute orchestration seconds per step, on a tiny random model whose compute is ~0.
+
+    The paired quickstart figure carries the compute's noise; this one isolates what Prefect
+    costs per step. Optionally writes a cProfile of the flow side's loop (top cumulative).
+    """
+    import cProfile
+    import io
+    import pstats
+
+    global _PROFILER
+    cfg = quickstart_config(steps, TINY)
+    _PROFILER = cProfile.Profile() if profile_path is not None else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-overhead-tiny-") as tmp:
+            records = run_paired(cfg, Path(tmp))
+        if _PROFILER is not None:
+            text = io.StringIO()
+            pstats.Stats(_PROFILER, stream=text).sort_stats("cumulative").print_stats(60)
+            profile_path.write_text(text.getvalue())
+    finally:
+        _PROFILER = None
+    timed = records[warmup:]
+    return {"steps": steps, "records": records,
+            "flow_minus_plain_s": statistics.median(r["flow"] - r["plain"] for r in timed),
+            "flow_minus_compute_s": statistics.median(r["flow"] - r["flow_compute"] for r in timed)}
+
+
+def run(steps: int = 4, warmup: int = 1, tiny_steps: int = 6) -> dict:
     cfg = quickstart_config(steps)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         started = time.perf_counter()
         records = run_paired(cfg, Path(tmp))
         wall = time.perf_counter() - started
     result = {"config": "configs/quickstart_cpu.yaml (checkpoints off)", "steps": steps, "warmup_steps": warmup,
-              **summarize(records, warmup), "wall_seconds": wall}
+              **summarize(records, warmup), "wall_seconds": wall,
+              "tiny_model": fixed_overhead(tiny_steps, warmup, RESULTS_DIR / "overhead_profile.txt")}
+    tiny = result["tiny_model"]["flow_minus_plain_s"]
+    result["fixed_overhead_fraction"] = tiny / result["plain_step_median_s"]
     write_result("overhead", result)
     return result
 
@@ -118,6 +163,8 @@ def print_table(result: dict) -> None:
     print(f"plain loop {result['plain_step_median_s']:.2f} s/step, train_flow {result['flow_step_median_s']:.2f} s/step")
     print(f"paired overhead {100 * result['overhead_fraction']:.1f}% (goal <= 3%); in-flow overhead "
           f"{100 * result['in_flow_overhead_fraction']:.1f}% ({result['in_flow_overhead_s']:.2f} s/step)")
+    print(f"fixed cost per step (tiny model): {result['tiny_model']['flow_minus_plain_s']:.2f} s = "
+          f"{100 * result['fixed_overhead_fraction']:.1f}% of the plain quickstart step")
 
 
 def main(argv=None) -> dict:
