@@ -102,6 +102,7 @@ def plot_curve(curve: dict, key: str, path) -> None:
     ax.set(xscale="log", yscale="log", xlabel=curve["x"], ylabel="seconds",
            title=f"GRPO step time, SmolLM2-135M CPU ({', '.join(f'{k}={v}' for k, v in curve['fixed'].items())})")
     ax.title.set_fontsize(8)
+    ax.minorticks_off()  # log-axis minor labels would overprint the point labels
     ax.set_xticks(xs, [str(int(x)) for x in xs])
     ax.legend(fontsize=7)
     fig.tight_layout()
