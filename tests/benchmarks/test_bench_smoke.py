@@ -72,3 +72,16 @@ def test_write_and_load_roundtrip(tmp_path):
 
 def test_environment_records_versions():
     assert "jax" in environment()["versions"]
+
+
+def test_overhead_summary_pairs_steps_after_warmup():
+    from benchmarks.overhead import summarize
+
+    records = [{"plain": 50.0, "flow": 60.0, "flow_compute": 55.0},
+               {"plain": 10.0, "flow": 10.2, "flow_compute": 10.0},
+               {"plain": 20.0, "flow": 20.6, "flow_compute": 20.1}]
+    out = summarize(records, warmup=1)
+    assert out["overhead_fraction"] == pytest.approx((0.02 + 0.03) / 2)
+    assert out["in_flow_overhead_s"] == pytest.approx((0.2 + 0.5) / 2)
+    with pytest.raises(ValueError):
+        summarize(records[:1], warmup=1)
