@@ -43,7 +43,7 @@ def _results():
         "grpo_step": {"speedup": {"step": 2.5, "rollout": 3.0, "update": 1.5}},
         "decode_cpu": {"summary": {"speedup": 1.4}},
         "update_flops": {"fraction_of_matmul": 0.6},
-        "overhead": {"overhead_fraction": 0.05},
+        "overhead": {"overhead_fraction": 0.05, "fixed_overhead_fraction": 0.02},
         "scaling": {"curves": {"batch": {"x": "rollout.batch_size (prompts)", "fit": {"exponent": 0.8}}}},
     }
 
@@ -54,6 +54,7 @@ def test_ratio_rows_judge_goals():
     assert met["rollout tokens/s vs HF generate"] == "no"
     assert met["update FLOP/s / matmul FLOP/s"] == "yes"
     assert met["Prefect overhead / step"] == "no"
+    assert met["Prefect fixed cost / plain step"] == "yes"
     assert "x^0.80" in markdown_table(_results())
 
 
