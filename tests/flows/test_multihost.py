@@ -48,7 +48,7 @@ def launch(config: Path, run_dir: Path, devices: int, process_id: int | None = N
                  "--set", f"mesh.process_id={process_id}"]
     argv += list(extra)
     log = open(run_dir.parent / f"{run_dir.name}-p{process_id or 0}.log", "w")
-    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def run_two(config: Path, run_dir: Path) -> list[subprocess.Popen]:
@@ -61,7 +61,17 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def wait_all(procs, timeout=1500) -> list[int]:
-    return [p.wait(timeout=timeout) for p in procs]
+    codes = [p.wait(timeout=timeout) for p in procs]
+    for proc in procs:  # a killed process leaves its embedded Prefect server behind
+        kill_group(proc)
+    return codes
+
+
+def kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +116,7 @@ def test_kill_9_of_one_process_then_restart_of_both_finishes(single, tmp_path):
     except subprocess.TimeoutExpired:
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
+    wait_all(procs)
     assert wait_all(run_two(config, run_dir)) == [0, 0], (tmp_path / "run-p0.log").read_text()[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["params_sha256"] == json.loads((straight_dir / "summary.json").read_text())["params_sha256"]
@@ -115,7 +126,7 @@ def test_required_process_count_fails_fast_when_only_one_starts(tmp_path):
     config = write_config(tmp_path)
     started = time.time()
     proc = launch(config, tmp_path / "run", 2, 0, 2, free_port(), extra=("--set", "mesh.init_timeout_s=10"))
-    assert proc.wait(timeout=120) == 2
+    assert wait_all([proc], timeout=120) == [2]
     elapsed = time.time() - started
     log = (tmp_path / "run-p0.log").read_text()
     assert "not all of the 2 JAX processes joined within 10 s" in log

@@ -33,15 +33,34 @@ def write_config(tmp_path: Path, **changes) -> Path:
 
 
 def train(config: Path, run_dir: Path, fault: str | None = None, background: bool = False):
-    env = dict(os.environ, PREFECT_HOME=str(run_dir.parent / f"prefect-{run_dir.name}"))
+    """Run `grpo train` in its own process group, output to a log file.
+
+    A SIGKILLed run leaves its embedded Prefect server orphaned (as on a preempted VM,
+    where everything dies): the whole group is killed afterwards. Pipes are avoided since
+    such an orphan would hold them open.
+    """
+    env = dict(os.environ, PREFECT_HOME=str(run_dir.parent / f"prefect-{run_dir.name}"),
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
     env.pop("PREFECT_API_URL", None)
     env.pop("GRPO_FAULT_INJECT", None)
     if fault:
         env["GRPO_FAULT_INJECT"] = fault
     argv = [sys.executable, "-m", "flows.cli.main", "train", "--config", str(config), "--run-dir", str(run_dir)]
+    log_path = run_dir.parent / f"{run_dir.name}-{time.monotonic_ns()}.log"
+    proc = subprocess.Popen(argv, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     if background:
-        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        return proc
+    proc.wait(timeout=1500)
+    kill_group(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, log_path.read_text(), "")
+
+
+def kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def params_sha(run_dir: Path) -> str:
@@ -58,7 +77,7 @@ def baseline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("baseline")
     config = write_config(tmp)
     done = train(config, tmp / "run")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:]
     return config, params_sha(tmp / "run")
 
 
@@ -67,12 +86,12 @@ def test_sigkill_in_each_phase_of_a_middle_step_resumes_to_the_same_params(phase
     config, expected = baseline
     run_dir = tmp_path / "run"
     killed = train(config, run_dir, fault=f"{phase}:1:kill")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
     before = artifact_shas(run_dir, 1)
     assert f"{phase}.parquet" not in before and "update.json" not in before
     assert len(before) == PHASES.index(phase)  # the earlier phases of the killed step are on disk
     resumed = train(config, run_dir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
     after = artifact_shas(run_dir, 1)
     assert {name: after[name] for name in before} == before  # reused unchanged, not resampled
     assert params_sha(run_dir) == expected
@@ -88,23 +107,26 @@ def test_external_kill_minus_9_then_resume(baseline, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    kill_group(proc)
     resumed = train(config, run_dir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert params_sha(run_dir) == expected
 
 
 def test_checkpoint_interval_above_one_replays_cached_advantages(tmp_path):
     config = write_config(tmp_path, steps=4, every_steps=2)
     straight = train(config, tmp_path / "straight")
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.returncode == 0, straight.stdout[-3000:]
     run_dir = tmp_path / "run"
     killed = train(config, run_dir, fault="rollout:3:kill")  # step 2 finished, newest checkpoint is after step 1
     assert killed.returncode == -signal.SIGKILL
     step2 = artifact_shas(run_dir, 2)
     assert set(step2) == {"rollout.parquet", "reward.parquet", "advantage.parquet", "update.json"}
     resumed = train(config, run_dir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Task run 'rollout-2' - Finished in state Cached" in resumed.stderr + resumed.stdout
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    step2_record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][2]
+    assert "time_rollout" not in step2_record and "time_advantage" not in step2_record  # cache hits
+    assert "time_update" in step2_record  # replayed through update
     replayed = artifact_shas(run_dir, 2)
     assert {k: replayed[k] for k in ("rollout.parquet", "reward.parquet", "advantage.parquet")} == \
         {k: step2[k] for k in ("rollout.parquet", "reward.parquet", "advantage.parquet")}
