@@ -30,7 +30,7 @@ ORDER = ("grpo_step", "decode_cpu", "update_flops", "overhead", "scaling")
 def _grpo_step(quick: bool):
     from benchmarks import grpo_step
 
-    grpo_step.print_table(grpo_step.run(steps=3 if quick else 6, warmup=1))
+    grpo_step.print_table(grpo_step.run(steps=2 if quick else 6, warmup=1))
 
 
 def _decode_cpu(quick: bool):
