@@ -134,8 +134,9 @@ def timed_trainer_class():
     from trl import GRPOTrainer
 
     class TimedGRPOTrainer(GRPOTrainer):
-        rollout_seconds: list = []
-        completion_lengths: list = []
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rollout_seconds, self.completion_lengths = [], []
 
         def _generate_and_score_completions(self, inputs):
             start = time.perf_counter()
@@ -179,7 +180,6 @@ def run_trl(model_dir: Path, ours: dict, steps: int, warmup: int, n: int = 4, ba
             model=model, reward_funcs=gsm8k_correct_for_trl, args=trl_args(out, steps, n, batch_size, max_new_tokens),
             train_dataset=trl_dataset(ours["items"], ours["system_prompt"]), processing_class=tokenizer,
             callbacks=[timer])
-        trainer.rollout_seconds, trainer.completion_lengths = [], []
         trainer.train()
     records = [{"step": s, "rollout": r, "update": s - r, "completion_length_mean": length}
                for s, r, length in zip(timer.seconds, trainer.rollout_seconds, trainer.completion_lengths)]
