@@ -141,7 +141,7 @@ def hf_generate_peer(cfg, sequences: int, prompt_len: int, new_tokens: int, repe
     if not torch.cuda.is_available():
         return {"skipped": "torch has no CUDA device here"}
     hf_cfg = Qwen2Config(**{k: v for k, v in cfg.to_hf().items() if k not in ("architectures", "model_type")})
-    model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.bfloat16).cuda().eval()
+    model = AutoModelForCausalLM.from_config(hf_cfg).to(device="cuda", dtype=torch.bfloat16).eval()
     ids = torch.randint(10, cfg.vocab_size - 10, (sequences, prompt_len), device="cuda")
 
     def run(m):
