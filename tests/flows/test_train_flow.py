@@ -46,7 +46,7 @@ def test_phase_artifacts_are_plain_parquet(finished_run):
         for ids, logps, length in zip(rollout["completion_ids"], rollout["old_logps"], rollout["completion_length"]):
             assert len(ids) == len(logps) == length <= 6 and np.all(np.asarray(logps) <= 0)
         rewards = pq.read_table(folder / "reward.parquet").to_pandas()
-        assert {"reward_gsm8k_correct", "reward_think_answer_format", "reward_tag_count", "reward_total"} <= set(rewards)
+        assert {"reward_gsm8k_correct", "reward_states_number", "reward_total"} <= set(rewards)
         advantages = pq.read_table(folder / "advantage.parquet").to_pandas()
         np.testing.assert_array_equal(advantages["prompt_id"], rollout["prompt_id"])
         assert json.loads((folder / "update.json").read_text())["grad_norm"] >= 0
