@@ -40,13 +40,15 @@ _PROFILER = None
 
 
 def quickstart_config(steps: int, extra: list[str] = ()):
+    """The quickstart config for `steps` steps. Callers run one step fewer than that: the
+    update task always checkpoints the run's last step, and only the flow side would."""
     from schemas.loading import load_run_config
 
     return load_run_config(QUICKSTART, [f"train.steps={steps}", "checkpoint.every_steps=1000000",
                                         "logging.progress_bar=false", "eval.every_steps=0", *extra])
 
 
-async def paired_steps(cfg, root: str) -> list[dict]:
+async def paired_steps(cfg, root: str, steps: int) -> list[dict]:
     """Alternate a plain step and a Prefect step of two same-seed sessions; seconds of each.
 
     Runs inside a parent flow so each `step_flow` is a subflow, as under `train_flow`; the
@@ -61,7 +63,7 @@ async def paired_steps(cfg, root: str) -> list[dict]:
     plain, flowed = TrainSession.open(cfg, Path(root) / "plain"), TrainSession.open(cfg, Path(root) / "flow")
     observer, records = RunObserver(flowed), []
     try:
-        for step in range(cfg.train.steps):
+        for step in range(steps):
             record = {}
             for side in ("plain", "flow") if step % 2 == 0 else ("flow", "plain"):  # cancel order effects
                 start = time.perf_counter()
@@ -85,13 +87,13 @@ async def paired_steps(cfg, root: str) -> list[dict]:
     return records
 
 
-def run_paired(cfg, root: Path) -> list[dict]:
+def run_paired(cfg, root: Path, steps: int) -> list[dict]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from prefect import flow
 
     parent = flow(name="overhead-benchmark", persist_result=False)(paired_steps)
-    return asyncio.run(parent(cfg, str(root)))
+    return asyncio.run(parent(cfg, str(root), steps))
 
 
 def summarize(records: list[dict], warmup: int) -> dict:
@@ -126,11 +128,11 @@ def fixed_overhead(steps: int, warmup: int, profile_path: Path | None) -> dict:
     import pstats
 
     global _PROFILER
-    cfg = quickstart_config(steps, TINY)
+    cfg = quickstart_config(steps + 1, TINY)
     _PROFILER = cProfile.Profile() if profile_path is not None else None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-overhead-tiny-") as tmp:
-            records = run_paired(cfg, Path(tmp))
+            records = run_paired(cfg, Path(tmp), steps)
         if _PROFILER is not None:
             text = io.StringIO()
             pstats.Stats(_PROFILER, stream=text).sort_stats("cumulative").print_stats(60)
@@ -144,10 +146,10 @@ def fixed_overhead(steps: int, warmup: int, profile_path: Path | None) -> dict:
 
 
 def run(steps: int = 4, warmup: int = 1, tiny_steps: int = 6) -> dict:
-    cfg = quickstart_config(steps)
+    cfg = quickstart_config(steps + 1)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         started = time.perf_counter()
-        records = run_paired(cfg, Path(tmp))
+        records = run_paired(cfg, Path(tmp), steps)
         wall = time.perf_counter() - started
     result = {"config": "configs/quickstart_cpu.yaml (checkpoints off)", "steps": steps, "warmup_steps": warmup,
               **summarize(records, warmup), "wall_seconds": wall,
