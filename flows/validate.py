@@ -51,10 +51,10 @@ def validate_flow(commit: str | None = None, baseline_commit: str | None = None,
                   tpu: TpuRequest = TpuRequest(), timeouts: SmokeTimeouts = SmokeTimeouts(),
                   tolerances: Tolerances = Tolerances(), baseline_dir: str = "runs/baselines", promote: bool = True,
                   source_repo: str | None = None, job_command: list[str] | None = None,
-                  job_env: dict[str, str] | None = None) -> dict:
+                  job_env: dict[str, str] | None = None, results_dir: str = "runs/smoke") -> dict:
     overrides = list(overrides or [])
     smoke = dict(provider=provider, config=config, overrides=overrides, tpu=tpu, timeouts=timeouts,
-                 source_repo=source_repo, job_command=job_command, job_env=job_env)
+                 source_repo=source_repo, job_command=job_command, job_env=job_env, results_dir=results_dir)
     store = baseline_dir_for(baseline_dir, config, overrides)
     baseline_commit = baseline_commit or ((store / "latest").read_text().strip() if (store / "latest").exists() else None)
     if baseline_commit and not (store / f"{baseline_commit}.jsonl").exists():

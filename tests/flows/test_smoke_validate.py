@@ -16,7 +16,7 @@ def test_validate_stores_then_compares_with_the_baseline(prefect_harness, tmp_pa
     sha = make_repo(tmp_path / "src")
     args = dict(provider="local", config="cfg.yaml", tpu=TpuRequest(local_root=str(tmp_path / "vms")), timeouts=FAST,
                 source_repo=str(tmp_path / "src"), job_command=list(FAKE_JOB), job_env={"FAKE_JOB_STEP_S": "0.01"},
-                baseline_dir=str(tmp_path / "baselines"))
+                baseline_dir=str(tmp_path / "baselines"), results_dir=str(tmp_path / "results"))
     first = validate_flow(**args)
     assert first["baseline"] is None and first["commit"] == sha
     second = validate_flow(**args)
