@@ -25,7 +25,7 @@ Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.
    the residual stream per layer is kept and one layer is recomputed at a time.
 7. Logits are float32. The update holds `UPDATE_LOGIT_COPIES` [mb, M, V] arrays for a
    micro-batch (logits, softmax for logsumexp/entropy, and their gradient): only the M
-   completion columns go through the LM head. Its batch is T = prompt rounded up to 32 +
+   completion columns go through the LM head. Its batch is T = prompt rounded up to 16 +
    M new tokens wide (grpo_core.phases). The sampler
    (grpo_core.sampling) pads the global prompt count to a power of two and then to the
    batch shards, and the prompt length to a power of two; it prefills each prompt once into
@@ -156,8 +156,8 @@ class Workload:
 
     @property
     def update_tokens(self) -> int:
-        """Update batch width: prompt rounded up to 32 (grpo_core.phases) plus completion."""
-        return -(-self.max_prompt_tokens // 32) * 32 + self.new_tokens
+        """Update batch width: prompt rounded up to 16 (grpo_core.phases) plus completion."""
+        return -(-self.max_prompt_tokens // 16) * 16 + self.new_tokens
 
     @property
     def update_rows_per_device(self) -> int:

@@ -96,11 +96,11 @@ def _bucket(length: int, multiple: int) -> int:
 
 
 def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, pad_id: int,
-                 prompt_bucket: int = 32, prompt_width: int | None = None) -> dict[str, np.ndarray]:
+                 prompt_bucket: int = 16, prompt_width: int | None = None) -> dict[str, np.ndarray]:
     """Padded train-step arrays [B, T]: left-padded prompt, then completion, then right padding.
 
     T = (longest prompt rounded up to `prompt_bucket`) + max_new_tokens, so a run compiles
-    the update for a handful of shapes only, and completions always fill the LAST
+    the update for a few shapes only, and completions always fill the LAST
     max_new_tokens columns (the train step scores only those: Trainer(score_last=...)). Returns tokens_bt, positions_bt, attn_mask_bt,
     completion_mask_bt (int32) and advantages_b (float32).
     """

@@ -179,9 +179,13 @@ class Trainer:
             keep = epoch == 0 and self.ppo_epochs > 1
             grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep)
             mbs.update(kept)
+            grad_norm = optax.tree.norm(grads)
+            # Accumulated in float32; handed to the optimizer in the params' dtype so its
+            # state keeps that dtype (no recompile on step 2, the memory the preflight expects).
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            per_epoch.append(dict(metrics, grad_norm=optax.tree.norm(grads)))
+            per_epoch.append(dict(metrics, grad_norm=grad_norm))
         metrics = {k: sum(m[k] for m in per_epoch) / self.ppo_epochs for k in per_epoch[0]}
         metrics["tokens"] = jnp.sum(mask)
         return params, opt_state, metrics

@@ -195,3 +195,15 @@ def test_score_last_equals_full_scoring_on_the_completion_columns():
     np.testing.assert_allclose(np.asarray(last[:, -5:]), np.asarray(full[:, -5:]), atol=1e-5)
     np.testing.assert_allclose(np.asarray(last_ent[:, -5:]), np.asarray(full_ent[:, -5:]), atol=1e-5)
     assert np.all(np.asarray(last[:, :-5]) == 0)
+
+
+def test_bfloat16_params_keep_their_dtypes_through_a_step():
+    """Optimizer state stays in the params' dtype, so step 2 reuses step 1's compilation."""
+    mesh = mesh_of(1)
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), initial_params(0))
+    params = shard_params(bf16, param_logical_axes(CFG), mesh)
+    trainer = Trainer(CFG, optax.adamw(1e-3), mesh=mesh)
+    opt_state = trainer.init_opt_state(params)
+    dtypes = [x.dtype for x in jax.tree.leaves((params, opt_state))]
+    params, opt_state, _ = trainer.step(params, opt_state, trainer.shard_batch(make_batch()))
+    assert [x.dtype for x in jax.tree.leaves((params, opt_state))] == dtypes
