@@ -20,14 +20,13 @@ multiple of 64 plus the full 64 completion tokens, TRL pads to the longest row.
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import median_after_warmup, write_result
+from benchmarks.report import median_after_warmup, steps_cli, write_result
 
 MODEL = "smollm2-135m-instruct"
 LEARNING_RATE = 1e-6
@@ -214,13 +213,7 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="steps per side, warm-up included")
-    parser.add_argument("--warmup", type=int, default=1)
-    args = parser.parse_args(argv)
-    result = run(args.steps, args.warmup)
-    print_table(result)
-    return result
+    return steps_cli(__doc__, run, print_table, argv)
 
 
 if __name__ == "__main__":

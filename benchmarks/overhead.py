@@ -23,7 +23,6 @@ on a tiny random model (compute ~0) and divided by the plain quickstart step
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import RESULTS_DIR, write_result
+from benchmarks.report import RESULTS_DIR, steps_cli, write_result
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart_cpu.yaml"
 # Set by fixed_overhead: profiles the flow side of the steps after the first (start-up and
@@ -170,13 +169,7 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="steps per side, warm-up included")
-    parser.add_argument("--warmup", type=int, default=1)
-    args = parser.parse_args(argv)
-    result = run(args.steps, args.warmup)
-    print_table(result)
-    return result
+    return steps_cli(__doc__, run, print_table, argv)
 
 
 if __name__ == "__main__":

@@ -128,3 +128,16 @@ def load_results(names, results_dir: Path = RESULTS_DIR) -> dict:
         if path.exists():
             found[name] = json.loads(path.read_text())
     return found
+
+
+def steps_cli(doc: str, run, print_table, argv=None) -> dict:
+    """Command line of a per-step benchmark: --steps (warm-up included) and --warmup."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="steps per side, warm-up included")
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args(argv)
+    result = run(args.steps, args.warmup)
+    print_table(result)
+    return result
