@@ -50,7 +50,7 @@ MONITOR_PY = (
     "    except OSError:\n"
     "        pass\n"
     "lines = log.splitlines()\n"
-    "steps = [int(m.group(1)) for m in map(re.compile(r'(?:^|\\s)step=(\\d+)').search, lines) if m]\n"
+    "steps = [int(m.group(1)) for m in map(re.compile(r'(?<![A-Za-z0-9_])step=(\\d+)').search, lines) if m]\n"
     "tb = next((i for i, l in enumerate(lines) if l.startswith('Traceback')), None)\n"
     "oom = next((l for l in lines if 'RESOURCE_EXHAUSTED' in l), '')\n"
     "print(json.dumps({'launched': pid is not None, 'alive': alive,\n"

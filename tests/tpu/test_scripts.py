@@ -57,8 +57,9 @@ def test_monitor_finds_step_lines_inside_prefect_log_lines(tmp_path):
     import sys
 
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "train.log").write_text("03:38 | INFO | Flow run 'x' - step=1 loss=0\nstep=2 loss=0\nnostep=9\n")
+    (tmp_path / "run" / "train.log").write_text("03:38 | INFO | Flow run 'x' - step=1 loss=0\nstep=2 loss=0\nnostep=9\n"
+                                                   "INFO:prefect.flow_runs:step=3 loss=0\n")
     (tmp_path / "run" / "exit_code").write_text("0\n")
     out = subprocess.run([sys.executable, "-c", scripts.MONITOR_PY], cwd=tmp_path, capture_output=True, text=True)
     status = scripts.parse_monitor(out.stdout)
-    assert status["last_step"] == 2 and status["steps_done"] == 2 and status["exit_code"] == 0 and not status["launched"]
+    assert status["last_step"] == 3 and status["steps_done"] == 3 and status["exit_code"] == 0 and not status["launched"]
