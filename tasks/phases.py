@@ -6,7 +6,6 @@ the phase, writes the artifact atomically under the run directory and returns a 
 """
 import json
 import time
-from pathlib import Path
 
 from prefect import task
 
@@ -102,6 +101,3 @@ def _write_json(phase_input: PhaseInput, session, stats: dict, started: float) -
                          rows=1, sha256=sha256_file(session.run_dir / rel), schema_version=SCHEMA_VERSION,
                          stats=stats, seconds=seconds)
 
-
-def read_json_artifact(run_dir: str | Path, manifest: PhaseManifest) -> dict:
-    return json.loads((Path(run_dir) / manifest.path).read_text())

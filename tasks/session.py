@@ -25,7 +25,7 @@ from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
 from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
-from schemas.loading import config_to_yaml
+from schemas.loading import config_to_yaml, read_yaml
 from schemas.run import RunConfig
 from tasks.model_source import check_model_source, resolve_model
 from tasks.multihost import auto_mesh_shape, global_max, warn_if_fsdp_spans_hosts
@@ -70,8 +70,6 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     saved = run_dir / "config.yaml"
     mutable = {"train": {"steps"}, "logging": None, "eval": None, "mesh": None}
     if saved.exists():
-        from schemas.loading import read_yaml
-
         old = RunConfig.model_validate(read_yaml(saved)).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
         for section, fields in mutable.items():
