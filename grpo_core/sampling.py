@@ -104,15 +104,14 @@ def _prefill(params, tokens_pt, mask_pt, cfg, spec: SamplingSpec, mesh):
     """
     P, Tp = tokens_pt.shape
     dtype = params["embed"].dtype
-    cache = constrain(init_kv_cache(cfg, P, Tp, dtype), KV_CACHE_AXES, mesh)
-    h, cache = forward(params, tokens_pt, cfg, positions_bt=positions_from_mask(mask_pt), attn_mask_bt=mask_pt,
-                       kv_cache=cache, cache_pos=0, return_hidden=True, mesh=mesh)
+    h, (k, v) = forward(params, tokens_pt, cfg, positions_bt=positions_from_mask(mask_pt), attn_mask_bt=mask_pt,
+                        return_hidden=True, return_kv=True, mesh=mesh)
     last = jnp.repeat(logits_from_hidden(params, h[:, -1:], cfg)[:, 0], spec.n, axis=0)
     full = init_kv_cache(cfg, P * spec.n, Tp + spec.max_new_tokens, dtype)
     full = KVCache(
-        k=jax.lax.dynamic_update_slice(full.k, jnp.repeat(cache.k, spec.n, axis=1), (0, 0, 0, 0, 0)),
-        v=jax.lax.dynamic_update_slice(full.v, jnp.repeat(cache.v, spec.n, axis=1), (0, 0, 0, 0, 0)),
-        mask=jax.lax.dynamic_update_slice(full.mask, jnp.repeat(cache.mask, spec.n, axis=0), (0, 0)),
+        k=jax.lax.dynamic_update_slice(full.k, jnp.repeat(k.astype(dtype), spec.n, axis=1), (0, 0, 0, 0, 0)),
+        v=jax.lax.dynamic_update_slice(full.v, jnp.repeat(v.astype(dtype), spec.n, axis=1), (0, 0, 0, 0, 0)),
+        mask=jax.lax.dynamic_update_slice(full.mask, jnp.repeat(mask_pt.astype(bool), spec.n, axis=0), (0, 0)),
     )
     return last, constrain(full, KV_CACHE_AXES, mesh)
 

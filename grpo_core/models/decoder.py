@@ -139,6 +139,32 @@ def attention(q, k, v, allowed_bts) -> jax.Array:
     return out.reshape(B, T, Nq, Hd)
 
 
+def attention_with_cache(q, k, v, allowed_bts, k_old, v_old, allowed_old_bts) -> jax.Array:
+    """Attention over two key blocks: the cache (k_old, v_old: [B, S, Nkv, Hd], read only;
+    allowed_old_bts [B, T, S]) and the T new tokens (k, v: [B, T, Nkv, Hd]; allowed_bts
+    [B, T, T]). Returns [B, T, Nq, Hd].
+
+    The blocks are never concatenated (that would copy the cache every layer); one softmax
+    spans both through a shared max and a shared normaliser.
+    """
+    B, T, Nq, Hd = q.shape
+    Nkv = k.shape[2]
+    qg = q.reshape(B, T, Nkv, Nq // Nkv, Hd)
+    scale = 1.0 / jnp.sqrt(jnp.float32(Hd))
+
+    def scores(keys, allowed):
+        s = jnp.einsum("btkgh,bskh->bkgts", qg, keys, preferred_element_type=jnp.float32) * scale
+        return jnp.where(allowed[:, None, None], s, _MASK_VALUE)
+
+    old, new = scores(k_old, allowed_old_bts), scores(k, allowed_bts)
+    top = jnp.maximum(jnp.max(old, axis=-1, keepdims=True), jnp.max(new, axis=-1, keepdims=True))
+    old, new = jnp.exp(old - top), jnp.exp(new - top)
+    norm = jnp.sum(old, axis=-1, keepdims=True) + jnp.sum(new, axis=-1, keepdims=True)
+    out = (jnp.einsum("bkgts,bskh->btkgh", (old / norm).astype(v.dtype), v_old)
+           + jnp.einsum("bkgts,bskh->btkgh", (new / norm).astype(v.dtype), v))
+    return out.reshape(B, T, Nq, Hd)
+
+
 def _project_qkv(p: dict, x: jax.Array, positions_bt: jax.Array, cfg: ModelConfig):
     """x: [B, T, D] -> q [B, T, Nq, Hd], k, v [B, T, Nkv, Hd] with RoPE applied to q and k."""
     q = jnp.einsum("btd,dnh->btnh", x, p["wq"])
@@ -155,25 +181,23 @@ def _mlp(p: dict, x: jax.Array) -> jax.Array:
     return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"])
 
 
-def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, kv):
-    """One decoder block. h: [B, T, D]; kv: None (no cache) or (k_all, v_all, layer, cache_pos).
+def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, cached):
+    """One decoder block. h: [B, T, D]; cached: None, or (k_old, v_old, allowed_old) with this
+    layer's cache k/v [B, S, Nkv, Hd] (read only) and allowed_old [B, T, S].
 
-    With a cache the new keys/values are written into slots [cache_pos, cache_pos+T) of the
-    full [L, B, S, Nkv, Hd] buffers in place (dynamic_update_slice), so a decode step writes
-    only its own token instead of copying the cache.
+    Returns (h, (k, v)): the block's own keys/values [B, T, Nkv, Hd], which the caller
+    writes into the cache once, after all layers (so the scan never carries the cache).
     """
     x = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
     q, k, v = _project_qkv(p, x, positions_bt, cfg)
-    if kv is not None:
-        k_all, v_all, layer, pos = kv
-        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, pos, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, pos, 0, 0))
-        k, v = k_all[layer], v_all[layer]
-        kv = (k_all, v_all)
-    attn = attention(q, k.astype(q.dtype), v.astype(q.dtype), allowed_bts)
+    if cached is None:
+        attn = attention(q, k, v, allowed_bts)
+    else:
+        k_old, v_old, allowed_old = cached
+        attn = attention_with_cache(q, k, v, allowed_bts, k_old.astype(q.dtype), v_old.astype(q.dtype), allowed_old)
     h = h + jnp.einsum("btnh,nhd->btd", attn, p["wo"])
     h = h + _mlp(p, rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps))
-    return h, kv
+    return h, (k, v)
 
 
 def _allowed(key_mask_bs: jax.Array, q_slots: int, offset) -> jax.Array:
@@ -193,7 +217,7 @@ def logits_from_hidden(params: dict, h_btd: jax.Array, cfg: ModelConfig) -> jax.
 
 def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=None,
             kv_cache: KVCache | None = None, cache_pos=None, remat: bool = False,
-            return_hidden: bool = False, mesh=None):
+            return_hidden: bool = False, return_kv: bool = False, mesh=None):
     """Run the decoder.
 
     tokens_bt, positions_bt: [B, T] int; attn_mask_bt: [B, T] bool (False = left pad; default
@@ -209,23 +233,33 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
     B, T = tokens_bt.shape
     mask = jnp.ones((B, T), bool) if attn_mask_bt is None else attn_mask_bt.astype(bool)
     h = constrain(params["embed"][tokens_bt], ("batch", "seq", None), mesh)
-    if kv_cache is None:
-        allowed, kv = _allowed(mask, T, 0), None
-    else:
-        key_mask = jax.lax.dynamic_update_slice(kv_cache.mask, mask, (0, cache_pos))
-        allowed, kv = _allowed(key_mask, T, cache_pos), (kv_cache.k, kv_cache.v)
+    allowed = _allowed(mask, T, 0)  # the T new tokens among themselves
+    if kv_cache is not None:
+        # Earlier slots only: the slots this call writes are covered by `allowed`.
+        S = kv_cache.mask.shape[1]
+        allowed_old = jnp.broadcast_to((kv_cache.mask & (jnp.arange(S) < cache_pos))[:, None, :], (B, T, S))
 
-    def body(carry, xs):
-        h, kv = carry
-        p, layer = xs
-        h, kv = _layer(cfg, h, p, positions_bt, allowed, None if kv is None else (*kv, layer, cache_pos))
-        return (constrain(h, ("batch", "seq", None), mesh), kv), None
+    def body(h, xs):
+        if kv_cache is None:
+            p, cached = xs, None
+        else:
+            p, k_old, v_old = xs
+            cached = (k_old, v_old, allowed_old)
+        h, kv = _layer(cfg, h, p, positions_bt, allowed, cached)
+        return constrain(h, ("batch", "seq", None), mesh), (kv if kv_cache is not None or return_kv else None)
 
     if remat:
         body = jax.checkpoint(body)
-    layer_ids = jnp.arange(cfg.num_hidden_layers)
-    (h, kv), _ = jax.lax.scan(body, (h, kv), (params["layers"], layer_ids))
-    new_cache = None if kv_cache is None else KVCache(kv[0], kv[1], key_mask)
+    xs = params["layers"] if kv_cache is None else (params["layers"], kv_cache.k, kv_cache.v)
+    h, new_kv = jax.lax.scan(body, h, xs)
+    new_cache = None
+    if kv_cache is not None:
+        k_new, v_new = (x.astype(kv_cache.k.dtype) for x in new_kv)
+        new_cache = KVCache(jax.lax.dynamic_update_slice(kv_cache.k, k_new, (0, 0, cache_pos, 0, 0)),
+                            jax.lax.dynamic_update_slice(kv_cache.v, v_new, (0, 0, cache_pos, 0, 0)),
+                            jax.lax.dynamic_update_slice(kv_cache.mask, mask, (0, cache_pos)))
+    elif return_kv:
+        new_cache = new_kv
     if return_hidden:
         return h, new_cache
     return constrain(logits_from_hidden(params, h, cfg), ("batch", "seq", "vocab"), mesh), new_cache
