@@ -158,44 +158,80 @@ def hf_generate_peer(cfg, sequences: int, prompt_len: int, new_tokens: int, repe
             "torch": torch.__version__}
 
 
-def run(quick: bool) -> dict:
-    cfg = PRESETS["qwen2.5-1.5b"]
+def profile_or_note(fn) -> dict:
+    """Top ops of `fn` (benchmarks.op_profile), or {"error": ...} if the profiler fails here."""
+    from benchmarks.op_profile import top_ops
+
+    try:
+        return top_ops(fn, reps=2)
+    except Exception as err:  # the profile explains a figure; it must not lose the figures
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def run(quick: bool, model_name: str = "qwen2.5-1.5b", sequences=(64, 256), update_batch: int = 8,
+        checkpoint=None, profile: bool = True) -> dict:
+    """The whole suite; `checkpoint(result_so_far)` is called after each section."""
+    cfg = PRESETS[model_name]
     mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
     repeats = 2 if quick else 5
     prompt_len, new_tokens = 128, (64 if quick else 128)
     bandwidth, peak = copy_bandwidth(), matmul_flops()
+    out = {"model": f"{model_name} shape, random init, bfloat16", "device": str(jax.devices()[0].device_kind),
+           "copy_bandwidth_gb_per_s": bandwidth / 1e9, "matmul_bf16_tflops_per_s": peak / 1e12, "quick": quick,
+           "goals": {"decode_fraction_of_bound_at_256": ">= 0.5", "update_mfu_vs_matmul": ">= 0.4"}}
+    save = checkpoint or (lambda _: None)
     model = build_model(cfg, mesh)
-    decode = [measure_decode(model, s, prompt_len, new_tokens, bandwidth, repeats) for s in (64, 256)]
+    out["decode"] = []
+    for s in sequences:
+        out["decode"].append(measure_decode(model, s, prompt_len, new_tokens, bandwidth, repeats))
+        save(out)
+    if profile:
+        prompts = np.random.default_rng(0).integers(10, cfg.vocab_size - 10, (sequences[-1], prompt_len)).tolist()
+        out["decode_profile"] = profile_or_note(
+            lambda: generate(model, prompts, new_tokens, temperature=0.0, stop_at_eos=False))
+        save(out)
     del model
-    update = measure_update(cfg, mesh, batch=8, seq=512 if quick else 1024, peak_flops=peak, repeats=repeats)
-    peers = [hf_generate_peer(cfg, s, prompt_len, new_tokens, repeats) for s in (64, 256)]
-    for ours, peer in zip(decode, peers):
+    seq = 512 if quick else 1024
+    out["update"] = measure_update(cfg, mesh, batch=update_batch, seq=seq, peak_flops=peak, repeats=repeats)
+    save(out)
+    out["hf_generate_peer"] = [hf_generate_peer(cfg, s, prompt_len, new_tokens, repeats) for s in sequences]
+    for ours, peer in zip(out["decode"], out["hf_generate_peer"]):
         if "decode_tokens_per_s" in peer:
             peer["ours_speedup"] = ours["decode_tokens_per_s"] / peer["decode_tokens_per_s"]
-    return {"model": "qwen2.5-1.5b shape, random init, bfloat16", "device": str(jax.devices()[0].device_kind),
-            "copy_bandwidth_gb_per_s": bandwidth / 1e9, "matmul_bf16_tflops_per_s": peak / 1e12,
-            "decode": decode, "update": update, "hf_generate_peer": peers, "quick": quick,
-            "goals": {"decode_fraction_of_bound_at_256": ">= 0.5", "update_mfu_vs_matmul": ">= 0.4"},
-            "met": {"decode": decode[-1]["fraction_of_bound"] >= 0.5, "update": update["mfu_vs_matmul"] >= 0.4}}
+    out["met"] = {"decode": out["decode"][-1]["fraction_of_bound"] >= 0.5,
+                  "update": out["update"]["mfu_vs_matmul"] >= 0.4}
+    save(out)
+    return out
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter decode, smaller update, fewer repeats")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-profile", action="store_true", help="skip the op profile of the decode")
     args = parser.parse_args(argv)
     if jax.default_backend() != "gpu":
         raise SystemExit(f"gpu_suite needs a GPU; JAX's backend here is {jax.default_backend()!r}")
     from benchmarks.report import environment
 
-    result = {"benchmark": "gpu_suite", "environment": environment(), **run(args.quick)}
+    env = environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+
+    def checkpoint(partial: dict) -> None:  # a run cut short still leaves what it measured
+        args.out.write_text(json.dumps({"benchmark": "gpu_suite", "environment": env, **partial},
+                                       indent=2, default=float) + "\n")
+
+    result = {"benchmark": "gpu_suite", "environment": env,
+              **run(args.quick, checkpoint=checkpoint, profile=not args.no_profile)}
     print(json.dumps({k: result[k] for k in ("device", "copy_bandwidth_gb_per_s", "matmul_bf16_tflops_per_s", "met")},
                      indent=1, default=float))
     for d in result["decode"]:
         print(f"decode {d['sequences']} seqs: {d['decode_tokens_per_s']:.0f} tok/s, {100 * d['fraction_of_bound']:.0f}% of bound")
     print(f"update MFU vs matmul {100 * result['update']['mfu_vs_matmul']:.0f}%; peers: {result['hf_generate_peer']}")
+    if "ops" in result.get("decode_profile", {}):
+        from benchmarks.op_profile import format_ops
+
+        print("decode op profile (one generate call):\n" + format_ops(result["decode_profile"]))
     return result
 
 
