@@ -92,28 +92,35 @@ def decode_step_bytes(cfg, params, sequences: int, mean_context: float) -> float
 
 
 def measure_decode(model: Model, sequences: int, prompt_len: int, new_tokens: int, bandwidth: float,
-                   repeats: int) -> dict:
-    """Decode tokens/s of `sequences` rows and its fraction of the bandwidth bound."""
+                   repeats: int, unroll_layers: bool | None = None) -> dict:
+    """Decode tokens/s of `sequences` rows and its fraction of the bandwidth bound.
+
+    `unroll_layers` picks the sampler's decode path (None: its platform default).
+    """
     rng = np.random.default_rng(0)
     prompts = rng.integers(10, model.config.vocab_size - 10, (sequences, prompt_len)).tolist()
-    run = lambda m: generate(model, prompts, m, temperature=0.0, stop_at_eos=False)  # noqa: E731
+    run = lambda m: generate(model, prompts, m, temperature=0.0, stop_at_eos=False,  # noqa: E731
+                             unroll_layers=unroll_layers)
     prefill = best_seconds(lambda: run(1), repeats)
     full = best_seconds(lambda: run(new_tokens), repeats)
     per_step = (full - prefill) / (new_tokens - 1)
     step_bytes = decode_step_bytes(model.config, model.params, sequences, prompt_len + new_tokens / 2)
     bound = step_bytes / bandwidth
     return {"sequences": sequences, "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "prefill_seconds": prefill, "generate_seconds": full, "decode_step_seconds": per_step,
+            "unroll_layers": unroll_layers, "prefill_seconds": prefill, "generate_seconds": full, "decode_step_seconds": per_step,
             "decode_tokens_per_s": sequences / per_step, "bytes_per_step": step_bytes,
             "bound_step_seconds": bound, "bound_tokens_per_s": sequences / bound,
             "fraction_of_bound": bound / per_step}
 
 
-def measure_update(cfg, mesh, batch: int, seq: int, peak_flops: float, repeats: int) -> dict:
-    """Trainer.step seconds on a random [batch, seq] batch and its MFU vs the measured matmul."""
+def measure_update(cfg, mesh, batch: int, seq: int, peak_flops: float, repeats: int, micro_batches: int = 1) -> dict:
+    """Trainer.step seconds on a random [batch, seq] batch and its MFU vs the measured matmul.
+
+    All `seq` columns are scored (no prompt part), so the model FLOPs count every token.
+    """
     from benchmarks.update_flops import make_batch, model_flops
 
-    trainer = Trainer(cfg, optax.adamw(1e-6), mesh=mesh)
+    trainer = Trainer(cfg, optax.adamw(1e-6), mesh=mesh, micro_batches=micro_batches)
     state = {"params": build_model(cfg, mesh).params}
     state["opt"] = trainer.init_opt_state(state["params"])
     data = trainer.shard_batch(make_batch(cfg, batch, seq))
@@ -127,7 +134,7 @@ def measure_update(cfg, mesh, batch: int, seq: int, peak_flops: float, repeats: 
     step()
     seconds = best_seconds(step, repeats)
     flops = model_flops(cfg, batch, seq)
-    return {"batch": batch, "seq": seq, "seconds": seconds, "model_tflops": flops / 1e12,
+    return {"batch": batch, "seq": seq, "micro_batches": micro_batches, "seconds": seconds, "model_tflops": flops / 1e12,
             "achieved_tflops_per_s": flops / seconds / 1e12, "mfu_vs_matmul": flops / seconds / peak_flops}
 
 
@@ -169,7 +176,7 @@ def profile_or_note(fn) -> dict:
 
 
 def run(quick: bool, model_name: str = "qwen2.5-1.5b", sequences=(64, 256), update_batch: int = 8,
-        checkpoint=None, profile: bool = True) -> dict:
+        checkpoint=None, profile: bool = True, update_micro_batches: int = 4) -> dict:
     """The whole suite; `checkpoint(result_so_far)` is called after each section."""
     cfg = PRESETS[model_name]
     mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
@@ -185,6 +192,11 @@ def run(quick: bool, model_name: str = "qwen2.5-1.5b", sequences=(64, 256), upda
     for s in sequences:
         out["decode"].append(measure_decode(model, s, prompt_len, new_tokens, bandwidth, repeats))
         save(out)
+    # The same decode through the layer scan (the CPU/TPU path), for the record of what the
+    # platform default gains.
+    out["decode_layer_scan"] = measure_decode(model, sequences[-1], prompt_len, new_tokens, bandwidth, repeats,
+                                              unroll_layers=False)
+    save(out)
     if profile:
         prompts = np.random.default_rng(0).integers(10, cfg.vocab_size - 10, (sequences[-1], prompt_len)).tolist()
         out["decode_profile"] = profile_or_note(
@@ -192,7 +204,8 @@ def run(quick: bool, model_name: str = "qwen2.5-1.5b", sequences=(64, 256), upda
         save(out)
     del model
     seq = 512 if quick else 1024
-    out["update"] = measure_update(cfg, mesh, batch=update_batch, seq=seq, peak_flops=peak, repeats=repeats)
+    out["update"] = measure_update(cfg, mesh, batch=update_batch, seq=seq, peak_flops=peak, repeats=repeats,
+                                   micro_batches=update_micro_batches)
     save(out)
     out["hf_generate_peer"] = [hf_generate_peer(cfg, s, prompt_len, new_tokens, repeats) for s in sequences]
     for ours, peer in zip(out["decode"], out["hf_generate_peer"]):
@@ -225,7 +238,7 @@ def main(argv=None) -> dict:
               **run(args.quick, checkpoint=checkpoint, profile=not args.no_profile)}
     print(json.dumps({k: result[k] for k in ("device", "copy_bandwidth_gb_per_s", "matmul_bf16_tflops_per_s", "met")},
                      indent=1, default=float))
-    for d in result["decode"]:
+    for d in result["decode"] + [result["decode_layer_scan"]]:
         print(f"decode {d['sequences']} seqs: {d['decode_tokens_per_s']:.0f} tok/s, {100 * d['fraction_of_bound']:.0f}% of bound")
     print(f"update MFU vs matmul {100 * result['update']['mfu_vs_matmul']:.0f}%; peers: {result['hf_generate_peer']}")
     if "ops" in result.get("decode_profile", {}):

@@ -23,7 +23,8 @@ import numpy as np
 
 from grpo_core.errors import UserError
 from grpo_core.models.decoder import (
-    KV_CACHE_AXES, KVCache, forward, init_kv_cache, logits_from_hidden, positions_from_mask,
+    KV_CACHE_AXES, KVCache, decode_step, forward, logits_from_hidden, positions_from_mask,
+    split_layers,
 )
 from grpo_core.sharding import batch_shards, batch_sharding, constrain, fetch_global, put_global
 
@@ -43,6 +44,7 @@ class SamplingSpec:
     stop_at_eos: bool = True
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
+    unroll_layers: bool = False  # decode through per-layer weight copies (see `_unroll_layers`)
 
 
 @dataclasses.dataclass
@@ -97,23 +99,30 @@ def sample_from_logits(logits_bv: jax.Array, key: jax.Array, spec: SamplingSpec)
 
 
 def _prefill(params, tokens_pt, mask_pt, cfg, spec: SamplingSpec, mesh):
-    """Prefill P prompts once, then repeat the cache n times into the full decode cache.
+    """Prefill P prompts once, then repeat their keys/values n times into the decode cache.
 
-    Returns (last-position logits [P*n, V], KVCache with B = P*n and S = Tp + M).
-    Only the last position goes through the LM head: [P, Tp, V] logits would dwarf the cache.
+    Returns (last-position logits [P*n, V], cache with B = P*n rows and S = Tp + M slots):
+    a KVCache [L, ...] for the layer scan, or ([(k, v) per layer], mask) when the decode is
+    unrolled over layers. Only the last position goes through the LM head: [P, Tp, V]
+    logits would dwarf the cache.
     """
     P, Tp = tokens_pt.shape
+    N, S = P * spec.n, Tp + spec.max_new_tokens
     dtype = params["embed"].dtype
     h, (k, v) = forward(params, tokens_pt, cfg, positions_bt=positions_from_mask(mask_pt), attn_mask_bt=mask_pt,
                         return_hidden=True, return_kv=True, mesh=mesh)
     last = jnp.repeat(logits_from_hidden(params, h[:, -1:], cfg)[:, 0], spec.n, axis=0)
-    full = init_kv_cache(cfg, P * spec.n, Tp + spec.max_new_tokens, dtype)
-    full = KVCache(
-        k=jax.lax.dynamic_update_slice(full.k, jnp.repeat(k.astype(dtype), spec.n, axis=1), (0, 0, 0, 0, 0)),
-        v=jax.lax.dynamic_update_slice(full.v, jnp.repeat(v.astype(dtype), spec.n, axis=1), (0, 0, 0, 0, 0)),
-        mask=jax.lax.dynamic_update_slice(full.mask, jnp.repeat(mask_pt.astype(bool), spec.n, axis=0), (0, 0)),
-    )
-    return last, constrain(full, KV_CACHE_AXES, mesh)
+    mask = jnp.zeros((N, S), bool).at[:, :Tp].set(jnp.repeat(mask_pt.astype(bool), spec.n, axis=0))
+
+    def fill(x):  # [..., P, Tp, Nkv, Hd] -> [..., N, S, Nkv, Hd], prompt slots first
+        shape = x.shape[:-4] + (N, S) + x.shape[-2:]
+        return jnp.zeros(shape, dtype).at[..., :Tp, :, :].set(jnp.repeat(x.astype(dtype), spec.n, axis=-4))
+
+    if spec.unroll_layers:
+        axes = KV_CACHE_AXES.k[1:]
+        caches = [constrain((fill(k[i]), fill(v[i])), (axes, axes), mesh) for i in range(cfg.num_hidden_layers)]
+        return last, (caches, mask)
+    return last, constrain(KVCache(fill(k), fill(v), mask), KV_CACHE_AXES, mesh)
 
 
 def _is_eos(tokens_b, spec: SamplingSpec):
@@ -140,10 +149,22 @@ def _generate_impl(params, tokens_pt, mask_pt, seed, cfg, spec: SamplingSpec, me
         i, _, _, done, *_ = state
         return (i < M) & ~jnp.all(done)
 
+    if spec.unroll_layers:
+        layer_params = split_layers(params["layers"])
+
+    def step(cache, tok, i):
+        if spec.unroll_layers:
+            caches, mask = cache
+            logits, caches, mask = decode_step(params, layer_params, tok[:, None], cfg,
+                                               positions_b1=(plen + i - 1)[:, None], caches=caches,
+                                               cache_mask_bs=mask, cache_pos=Tp + i - 1, mesh=mesh)
+            return logits, (caches, mask)
+        return forward(params, tok[:, None], cfg, positions_bt=(plen + i - 1)[:, None],
+                       kv_cache=cache, cache_pos=Tp + i - 1, mesh=mesh)
+
     def body(state):
         i, cache, tok, done, out_tok, out_lp, lengths = state
-        logits, cache = forward(params, tok[:, None], cfg, positions_bt=(plen + i - 1)[:, None],
-                                kv_cache=cache, cache_pos=Tp + i - 1, mesh=mesh)
+        logits, cache = step(cache, tok, i)
         new, lp = sample_from_logits(logits[:, 0], jax.random.fold_in(key, i), spec)
         new, lp = jnp.where(done, spec.pad_id, new), jnp.where(done, 0.0, lp)
         out_tok = jax.lax.dynamic_update_slice(out_tok, new[:, None], (0, i))
@@ -175,6 +196,22 @@ def _left_pad(prompts: list[list[int]], rows: int, width: int, pad_id: int):
     return tokens, mask
 
 
+def _unroll_layers(mesh) -> bool:
+    """Default decode path: per-layer weight copies on GPU when the weights are whole per device.
+
+    On GPU a scan over stacked layers copies every weight matrix out of the stack (a device
+    memcpy per matrix per layer per token: a third of the decode time in the H100 profile
+    in benchmarks/RESULTS.md) and launches each layer separately; per-layer copies made once
+    per call avoid both. On CPU the unrolled step measured no faster, and when params are
+    split over fsdp/tp (TPU slices) per-layer copies would hold the whole gathered model,
+    so both keep the layer scan.
+    """
+    devices = mesh.devices.flat if mesh is not None else jax.devices()[:1]
+    if any(d.platform != "gpu" for d in devices):
+        return False
+    return mesh is None or mesh.shape.get("fsdp", 1) * mesh.shape.get("tp", 1) == 1
+
+
 def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, top_k: int, n: int):
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("generate needs at least one prompt and every prompt needs at least one token.")
@@ -186,13 +223,14 @@ def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop_at_eos: bool = True, n: int = 1,
-             mesh=None) -> GenerationResult:
+             mesh=None, unroll_layers: bool | None = None) -> GenerationResult:
     """Sample `n` completions for each prompt (token id lists) with `model` (a grpo_core Model).
 
     Rows are group-contiguous (prompt i, sample j -> row i*n+j). `mesh` defaults to the
     mesh the params are sharded on; the batch is split over its dp/fsdp axes. Under
     several processes every process passes the same (global) prompts and gets the global
-    result. See the module docstring for what `logps` holds.
+    result. See the module docstring for what `logps` holds. `unroll_layers` picks the
+    decode path (None: `_unroll_layers` decides by platform; both give the same tokens).
     """
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
     mesh = model.mesh if mesh is None else mesh
@@ -203,7 +241,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
     spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
                         top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
-                        pad_id=model.pad_token_id)
+                        pad_id=model.pad_token_id, unroll_layers=_unroll_layers(mesh) if unroll_layers is None else bool(unroll_layers))
     # The seed is a traced (host, replicated) argument so a new seed does not recompile.
     *out, steps = _generate_jit(model.params, tokens, mask, np.uint32(seed), cfg=model.config, spec=spec, mesh=mesh)
     tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)

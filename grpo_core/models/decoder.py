@@ -215,6 +215,42 @@ def logits_from_hidden(params: dict, h_btd: jax.Array, cfg: ModelConfig) -> jax.
     return jnp.einsum("btd,dv->btv", h, params["lm_head"], preferred_element_type=jnp.float32)
 
 
+def split_layers(layers: dict) -> list[dict]:
+    """The stacked [L, ...] layer params as L per-layer dicts (inside jit: L copies, made once)."""
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)]
+
+
+def decode_step(params, layer_params: list[dict], tokens_b1, cfg: ModelConfig, *, positions_b1,
+                caches: list[tuple], cache_mask_bs, cache_pos, mesh=None):
+    """One decode token per row through layers unrolled in Python (no layer scan).
+
+    layer_params: `split_layers(params["layers"])`; caches: per layer (k, v) [B, S, Nkv, Hd]
+    with cache_mask_bs [B, S] marking filled slots. Each layer attends to its cache plus
+    the new token and writes the token's k/v into slot `cache_pos` of its own buffer.
+    Returns (logits [B, 1, V] float32, new caches, new mask).
+
+    Against `forward` with a cache, this avoids what a scan over stacked layers costs per
+    decode step on CPU and GPU: a dynamic-slice copy of every weight matrix of every layer
+    (twice the weight traffic) and a loop iteration per layer; the per-layer weight copies
+    are made once per generate call instead of once per token.
+    """
+    B = tokens_b1.shape[0]
+    S = cache_mask_bs.shape[1]
+    h = constrain(params["embed"][tokens_b1], ("batch", "seq", None), mesh)
+    allowed_old = ((cache_mask_bs & (jnp.arange(S) < cache_pos)))[:, None, :]
+    allowed_new = jnp.ones((B, 1, 1), bool)
+    new_caches = []
+    for p, (k_l, v_l) in zip(layer_params, caches):
+        h, (k, v) = _layer(cfg, h, p, positions_b1, allowed_new, (k_l, v_l, allowed_old))
+        new_caches.append((jax.lax.dynamic_update_slice(k_l, k.astype(k_l.dtype), (0, cache_pos, 0, 0)),
+                           jax.lax.dynamic_update_slice(v_l, v.astype(v_l.dtype), (0, cache_pos, 0, 0))))
+        h = constrain(h, ("batch", "seq", None), mesh)
+    mask = jax.lax.dynamic_update_slice(cache_mask_bs, jnp.ones((B, 1), bool), (0, cache_pos))
+    logits = constrain(logits_from_hidden(params, h, cfg), ("batch", "seq", "vocab"), mesh)
+    return logits, new_caches, mask
+
+
 def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=None,
             kv_cache: KVCache | None = None, cache_pos=None, remat: bool = False,
             return_hidden: bool = False, return_kv: bool = False, mesh=None):

@@ -15,11 +15,13 @@ def test_suite_runs_end_to_end_on_a_tiny_model(monkeypatch):
     monkeypatch.setattr(gpu_suite, "hf_generate_peer", lambda *a: {"skipped": "not on CPU in tests"})
     saved = []
     out = gpu_suite.run(True, model_name="tiny-qwen2", sequences=(2, 4), update_batch=2,
-                        checkpoint=lambda r: saved.append(dict(r)), profile=True)
+                        checkpoint=lambda r: saved.append(dict(r)), profile=True,
+                        update_micro_batches=2)
     assert [d["sequences"] for d in out["decode"]] == [2, 4]
     for d in out["decode"]:
         assert d["decode_step_seconds"] > 0 and d["bytes_per_step"] > 0
         assert math.isclose(d["fraction_of_bound"], d["bound_step_seconds"] / d["decode_step_seconds"])
+    assert out["decode_layer_scan"]["unroll_layers"] is False and out["decode_layer_scan"]["sequences"] == 4
     assert 0 < out["update"]["mfu_vs_matmul"] and out["update"]["model_tflops"] > 0
     assert set(out["met"]) == {"decode", "update"}
     assert len(saved) >= 4 and "update" not in saved[0]  # partial results written as it goes
