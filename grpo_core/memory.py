@@ -26,7 +26,9 @@ Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.
 7. Logits are float32. The update holds `UPDATE_LOGIT_COPIES` [mb, M, V] arrays for a
    micro-batch (logits, softmax for logsumexp/entropy, and their gradient): only the M
    completion columns go through the LM head. Its batch is T = prompt rounded up to 16 +
-   M new tokens wide (grpo_core.phases). The sampler
+   M new tokens wide (grpo_core.phases); when a micro-batch holds whole GRPO groups the
+   prompt part runs once per group and its keys/values are repeated for the group's
+   completions (grpo_core.train_step, "shared prompt kv"). The sampler
    (grpo_core.sampling) pads the global prompt count to a power of two and then to the
    batch shards, and the prompt length to a power of two; it prefills each prompt once into
    a [L, P, Tp] cache, computes only the last position's logits, and repeats that cache n
@@ -302,9 +304,22 @@ def update_components(w: Workload) -> dict[str, int]:
     parts = _resident(w)
     parts["gathered weights"] = _gathered_weights(w)
     parts["gradients"] = param_bytes_per_device(w, 4) + param_bytes_per_device(w, pb)
-    stream = mb * t * m.hidden_size * pb * m.num_hidden_layers
-    layer = _layer_activations(m, mb, t, t, pb, w.tp)
-    parts["activations"] = stream + layer if w.remat else m.num_hidden_layers * layer
+    n = w.group_size
+    if n > 1 and mb % n == 0:
+        # Shared prompts (grpo_core.train_step): each group's prompt runs once ([mb/n, Tp]),
+        # the completion inputs ([mb, M-1]) attend to its keys/values repeated n times.
+        tp_, tc, L = t + 1 - w.new_tokens, w.new_tokens - 1, m.num_hidden_layers
+        kv_heads = m.num_key_value_heads // math.gcd(m.num_key_value_heads, w.tp)
+        parts["shared prompt kv"] = 2 * L * mb * tp_ * kv_heads * m.head_dim * pb
+        prompt_layer = _layer_activations(m, mb // n, tp_, tp_, pb, w.tp)
+        completion_layer = _layer_activations(m, mb, tc, tp_ + tc, pb, w.tp)
+        stream = (mb // n * tp_ + mb * tc) * m.hidden_size * pb * L
+        parts["activations"] = (stream + max(prompt_layer, completion_layer) if w.remat
+                                else L * (prompt_layer + completion_layer))
+    else:
+        stream = mb * t * m.hidden_size * pb * m.num_hidden_layers
+        layer = _layer_activations(m, mb, t, t, pb, w.tp)
+        parts["activations"] = stream + layer if w.remat else m.num_hidden_layers * layer
     # Only the completion columns go through the LM head (Trainer(score_last=new_tokens)).
     parts["logits"] = UPDATE_LOGIT_COPIES * mb * min(t, w.new_tokens) * vocab * 4
     # tokens, positions, masks, old logps as [B, T] 4-byte arrays, plus their micro-batch split.

@@ -7,9 +7,14 @@ step's batch. Each update accumulates gradients over `micro_batches` slices with
 Invariance by construction: every micro-batch loss is divided by the aggregation's
 denominator of the WHOLE step batch (computed inside the jit on the global, sharded
 mask, hence over all devices and processes), so the summed gradients equal the gradient
-of the unsplit loss. Micro-batch m takes rows m, m+M, m+2M, ...: with the batch sharded
-in contiguous blocks over ("dp", "fsdp"), every micro-batch then spans all devices and
-slicing moves no data between them.
+of the unsplit loss. Micro-batch m takes rows m, m+M, m+2M, ... (with `group_size` n > 1:
+groups m, m+M, ... of n consecutive rows): with the batch sharded in contiguous blocks
+over ("dp", "fsdp"), every micro-batch then spans all devices and slicing moves no data
+between them.
+
+Shared prompts (group_size > 1, the pipeline's default with rollout.n): the n rows of a
+GRPO group have the same prompt, so the prompt columns are run once per group and the
+completions attend to its keys/values (`sequence_logps`); same gradients, prompt FLOPs / n.
 
 Log-prob convention (shared with the sampler): logps_bt[b, t] = log p(tokens[b, t] |
 tokens[b, :t]) from log_softmax(logits / temperature), 0 at t = 0. completion_mask_bt
@@ -24,11 +29,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from grpo_core.loss import loss_denominator, policy_loss
 from grpo_core.models.config import ModelConfig
-from grpo_core.models.decoder import forward, logits_from_hidden
+from grpo_core.models.decoder import KVCache, forward, logits_from_hidden
 from grpo_core.sharding import batch_sharding, batch_shards, constrain, replicated
 
 REQUIRED_KEYS = ("tokens_bt", "positions_bt", "attn_mask_bt", "completion_mask_bt", "advantages_b")
@@ -55,7 +61,8 @@ def token_logps(logits_btv, targets_bt, temperature: float, with_entropy: bool =
 
 
 def sequence_logps(params, batch, cfg: ModelConfig, temperature: float, *,
-                   remat: bool = False, with_entropy: bool = False, mesh=None, score_last: int | None = None):
+                   remat: bool = False, with_entropy: bool = False, mesh=None, score_last: int | None = None,
+                   group_size: int = 1):
     """Per-token log-probs [B, T] (0 at t=0) of batch["tokens_bt"] from one forward pass,
     and the per-token entropy [B, T] (or None). mesh: pins activations (see forward).
 
@@ -63,12 +70,21 @@ def sequence_logps(params, batch, cfg: ModelConfig, temperature: float, *,
     layout), only those positions go through the LM head; the others get log-prob 0. The
     head is ~20% of a small model's FLOPs per position and its float32 logits dominate
     activation memory, so this matters when prompts are longer than completions.
+
+    group_size > 1 (with score_last): rows come in groups of `group_size` consecutive rows
+    that share the same prompt columns (a GRPO group). The prompt is then run once per
+    group and its keys/values are shared by the group's completions (`_group_hidden`):
+    the same log-probs and gradients, with the prompt's FLOPs divided by the group size.
     """
     tokens = batch["tokens_bt"]
-    hidden, _ = forward(params, tokens[:, :-1], cfg, positions_bt=batch["positions_bt"][:, :-1],
-                        attn_mask_bt=batch["attn_mask_bt"][:, :-1], remat=remat, mesh=mesh, return_hidden=True)
     scored = tokens.shape[1] - 1 if score_last is None else min(score_last, tokens.shape[1] - 1)
-    logits = constrain(logits_from_hidden(params, hidden[:, -scored:], cfg), ("batch", "seq", "vocab"), mesh)
+    if group_size > 1 and scored < tokens.shape[1] - 1:
+        hidden = _group_hidden(params, batch, cfg, tokens.shape[1] - scored, group_size, remat, mesh)
+    else:
+        hidden, _ = forward(params, tokens[:, :-1], cfg, positions_bt=batch["positions_bt"][:, :-1],
+                            attn_mask_bt=batch["attn_mask_bt"][:, :-1], remat=remat, mesh=mesh, return_hidden=True)
+        hidden = hidden[:, -scored:]
+    logits = constrain(logits_from_hidden(params, hidden, cfg), ("batch", "seq", "vocab"), mesh)
     logps, entropy = token_logps(logits, tokens[:, -scored:], temperature, with_entropy)
     pad = jnp.zeros((tokens.shape[0], tokens.shape[1] - scored), logps.dtype)
     logps = jnp.concatenate([pad, logps], axis=1)
@@ -77,11 +93,52 @@ def sequence_logps(params, batch, cfg: ModelConfig, temperature: float, *,
     return logps, entropy
 
 
-def _split_micro_batches(batch: dict, micro_batches: int) -> dict:
-    """[B, ...] -> [M, B // M, ...]; micro-batch m holds rows m, m + M, ... (see module doc)."""
+def _group_hidden(params, batch, cfg: ModelConfig, prompt_width: int, n: int, remat: bool, mesh):
+    """Final hidden states [B, T - prompt_width, D] that predict the completion columns.
+
+    The prompt columns [0, prompt_width) of each group's first row go through the decoder
+    once ([B / n, prompt_width]); the completion inputs of all rows then attend to those
+    keys/values, repeated n times, as a read-only cache. The first completion token is
+    predicted from the prompt's last position, shared by the group.
+    """
+    tokens, pos, mask = batch["tokens_bt"], batch["positions_bt"], batch["attn_mask_bt"].astype(bool)
+    B, Tp = tokens.shape[0], prompt_width
+
+    def leaders(x):  # [B, ...] -> [B / n, ...]: row 0 of each group, a local slice per device
+        return x.reshape(B // n, n, *x.shape[1:])[:, 0]
+
+    def repeat(x, axis):  # each group's entry n times along `axis` (the batch axis)
+        return jnp.repeat(x, n, axis=axis, total_repeat_length=x.shape[axis] * n)
+
+    prompt_mask = leaders(mask[:, :Tp])
+    prompt_h, (k, v) = forward(params, leaders(tokens[:, :Tp]), cfg, positions_bt=leaders(pos[:, :Tp]),
+                               attn_mask_bt=prompt_mask, remat=remat, mesh=mesh, return_hidden=True, return_kv=True)
+    shared = KVCache(repeat(k, 1), repeat(v, 1), repeat(prompt_mask, 0))
+    completion_h, _ = forward(params, tokens[:, Tp:-1], cfg, positions_bt=pos[:, Tp:-1], attn_mask_bt=mask[:, Tp:-1],
+                              kv_cache=shared, cache_pos=Tp, write_cache=False, remat=remat, mesh=mesh,
+                              return_hidden=True)
+    return jnp.concatenate([repeat(prompt_h[:, -1:], 0), completion_h], axis=1)
+
+
+def check_groups_share_prompts(batch: dict, group_size: int, prompt_width: int) -> None:
+    """Raise ValueError unless every group of `group_size` consecutive rows has identical
+    prompt columns (tokens, positions, attention mask) in [0, prompt_width)."""
+    rows = batch["tokens_bt"].shape[0]
+    if rows % group_size:
+        raise ValueError(f"{rows} rows do not split into groups of {group_size}")
+    for key in ("tokens_bt", "positions_bt", "attn_mask_bt"):
+        x = np.asarray(batch[key])[:, :prompt_width].reshape(rows // group_size, group_size, prompt_width)
+        if not (x == x[:, :1]).all():
+            raise ValueError(f"train batch {key}: the rows of a group (of {group_size} consecutive rows) "
+                             "differ in their prompt columns; groups must be contiguous and share one prompt")
+
+
+def _split_micro_batches(batch: dict, micro_batches: int, group_size: int = 1) -> dict:
+    """[B, ...] -> [M, B // M, ...]: micro-batch m holds groups m, m + M, ... of
+    `group_size` consecutive rows (rows m, m + M, ... when group_size is 1; module doc)."""
     def split(x):
-        x = x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:])
-        return jnp.swapaxes(x, 0, 1)
+        x = x.reshape(x.shape[0] // (micro_batches * group_size), micro_batches, group_size, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1).reshape(micro_batches, -1, *x.shape[3:])
     return {k: split(v) for k, v in batch.items()}
 
 
@@ -105,7 +162,7 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                  loss_cfg=None, *, mesh, micro_batches: int = 1, ppo_epochs: int = 1,
                  temperature: float = 1.0, remat: bool = False, with_entropy: bool = True,
-                 score_last: int | None = None):
+                 score_last: int | None = None, group_size: int = 1):
         self.cfg, self.optimizer, self.mesh = model_cfg, optimizer, mesh
         self.loss_kwargs = _loss_settings(loss_cfg)
         if self.loss_kwargs["agg"] == "seq_mean_token_sum_norm" and \
@@ -114,7 +171,7 @@ class Trainer:
                              "(resolve null to rollout.max_new_tokens before building the Trainer)")
         self.micro_batches, self.ppo_epochs = int(micro_batches), int(ppo_epochs)
         self.temperature, self.remat, self.with_entropy = temperature, remat, with_entropy
-        self.score_last = score_last
+        self.score_last, self.group_size = score_last, int(group_size)
         self._compiled = None
 
     # ---- host-side entry points ------------------------------------------------------
@@ -129,7 +186,13 @@ class Trainer:
         return jax.jit(self.optimizer.init, out_shardings=shardings)(params)
 
     def shard_batch(self, local_batch: dict) -> dict:
-        """Global arrays sharded over the batch axes from this process's rows [B_local, ...]."""
+        """Global arrays sharded over the batch axes from this process's rows [B_local, ...].
+
+        With group_size > 1 and score_last, checks that each group's rows share their
+        prompt columns (the shared-prompt forward relies on it)."""
+        if self.group_size > 1 and self.score_last is not None:
+            width = local_batch["tokens_bt"].shape[1]
+            check_groups_share_prompts(local_batch, self.group_size, width - min(self.score_last, width - 1))
         return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
                 for k, v in local_batch.items() if k in REQUIRED_KEYS + OPTIONAL_KEYS}
 
@@ -173,11 +236,12 @@ class Trainer:
         mask = batch["completion_mask_bt"].astype(jnp.float32).at[:, 0].set(0.0)
         batch = dict(batch, completion_mask_bt=mask)
         den = loss_denominator(self.loss_kwargs["agg"], mask, self.loss_kwargs["max_completion_length"])
-        mbs = _split_micro_batches(batch, self.micro_batches)
+        group = self._shared_group(mask.shape[0])
+        mbs = _split_micro_batches(batch, self.micro_batches, group)
         per_epoch = []
         for epoch in range(self.ppo_epochs):
             keep = epoch == 0 and self.ppo_epochs > 1
-            grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep)
+            grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep, group)
             mbs.update(kept)
             grad_norm = optax.tree.norm(grads)
             # Accumulated in float32; handed to the optimizer in the params' dtype so its
@@ -190,12 +254,20 @@ class Trainer:
         metrics["tokens"] = jnp.sum(mask)
         return params, opt_state, metrics
 
-    def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep):
+    def _shared_group(self, rows: int) -> int:
+        """Group size the forward shares prompts over: group_size when each micro-batch
+        holds whole groups whose count splits over the batch shards, else 1 (no sharing)."""
+        n, m = self.group_size, self.micro_batches
+        if n <= 1 or self.score_last is None or rows % (m * n) or (rows // (m * n)) % batch_shards(self.mesh):
+            return 1
+        return n
+
+    def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep, group: int = 1):
         """Gradient (float32) and token-weighted metrics summed over the micro-batches."""
         def body(carry, mb):
             grads, sums = carry
             (loss, (metrics, kept)), g = jax.value_and_grad(self._loss, has_aux=True)(
-                params, mb, den, ref_params)
+                params, mb, den, ref_params, group)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
             sums = _add_metrics(sums, loss, metrics)
             return (grads, sums), (kept if keep else {})
@@ -207,17 +279,18 @@ class Trainer:
         metrics = {k: (v if k == "loss" else v / tokens) for k, v in sums.items()}
         return grads, metrics, kept
 
-    def _loss(self, params, mb, den, ref_params):
+    def _loss(self, params, mb, den, ref_params, group: int = 1):
         """Micro-batch loss (divided by the whole-batch `den`), metrics, and logps to keep."""
         logps, entropy = sequence_logps(params, mb, self.cfg, self.temperature, remat=self.remat,
-                                        with_entropy=self.with_entropy, mesh=self.mesh, score_last=self.score_last)
+                                        with_entropy=self.with_entropy, mesh=self.mesh, score_last=self.score_last,
+                                        group_size=group)
         old = mb.get("old_logps_bt")
         old = jax.lax.stop_gradient(logps) if old is None else old
         ref = mb.get("ref_logps_bt")
         if ref is None and self.loss_kwargs["beta"] > 0:
             ref = jax.lax.stop_gradient(sequence_logps(
                 ref_params, mb, self.cfg, self.temperature, remat=self.remat, mesh=self.mesh,
-                score_last=self.score_last)[0])
+                score_last=self.score_last, group_size=group)[0])
         loss, metrics = policy_loss(logps, old, mb["advantages_b"], mb["completion_mask_bt"],
                                     ref_logps=ref, normalizer=den, entropy=entropy,
                                     **self.loss_kwargs)

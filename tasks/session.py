@@ -112,6 +112,7 @@ class TrainSession:
             self.model_cfg, optimizer, loss_cfg, mesh=self.mesh, micro_batches=self.derived.grad_accum_steps,
             ppo_epochs=cfg.train.ppo_epochs, temperature=cfg.rollout.temperature, remat=cfg.model.remat,
             score_last=cfg.rollout.max_new_tokens,  # phases.update_batch puts completions in the last columns
+            group_size=cfg.rollout.n,  # rollout rows are group-contiguous: prompts run once per group
         )
         self.opt_state = self.trainer.init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None

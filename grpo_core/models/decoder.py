@@ -253,15 +253,19 @@ def decode_step(params, layer_params: list[dict], tokens_b1, cfg: ModelConfig, *
 
 def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=None,
             kv_cache: KVCache | None = None, cache_pos=None, remat: bool = False,
-            return_hidden: bool = False, return_kv: bool = False, mesh=None):
+            return_hidden: bool = False, return_kv: bool = False, write_cache: bool = True, mesh=None):
     """Run the decoder.
 
     tokens_bt, positions_bt: [B, T] int; attn_mask_bt: [B, T] bool (False = left pad; default
     all True). Without a cache, attention is causal over these T tokens. With `kv_cache`, the
     T tokens occupy cache slots [cache_pos, cache_pos+T) (cache_pos: int scalar, the same for
     all rows because prompts are left-padded to a common length) and attend to every earlier
-    real slot. Returns (logits [B, T, V] float32, updated KVCache or None); with
-    `return_hidden` the first item is the final hidden state [B, T, D] before the norm.
+    real slot; the cache is only read inside the layer scan and the T new keys/values are
+    written once after it (`write_cache=False` skips the write: the cache is then a
+    read-only prefix, e.g. a shared prompt, and S may equal cache_pos). Returns (logits
+    [B, T, V] float32, updated KVCache or None); with `return_hidden` the first item is the
+    final hidden state [B, T, D] before the norm. `return_kv` (no cache) returns the
+    layers' keys/values ([L, B, T, Nkv, Hd] each) as the second item instead of None.
     `remat` recomputes each layer in the backward pass (jax.checkpoint) to save memory.
     `mesh` (static) pins the residual stream to the batch sharding of the rules table, so
     XLA's propagation cannot pick a worse layout between layers.
@@ -289,7 +293,7 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
     xs = params["layers"] if kv_cache is None else (params["layers"], kv_cache.k, kv_cache.v)
     h, new_kv = jax.lax.scan(body, h, xs)
     new_cache = None
-    if kv_cache is not None:
+    if kv_cache is not None and write_cache:
         k_new, v_new = (x.astype(kv_cache.k.dtype) for x in new_kv)
         new_cache = KVCache(jax.lax.dynamic_update_slice(kv_cache.k, k_new, (0, 0, cache_pos, 0, 0)),
                             jax.lax.dynamic_update_slice(kv_cache.v, v_new, (0, 0, cache_pos, 0, 0)),

@@ -207,3 +207,44 @@ def test_bfloat16_params_keep_their_dtypes_through_a_step():
     dtypes = [x.dtype for x in jax.tree.leaves((params, opt_state))]
     params, opt_state, _ = trainer.step(params, opt_state, trainer.shard_batch(make_batch()))
     assert [x.dtype for x in jax.tree.leaves((params, opt_state))] == dtypes
+
+
+def make_group_batch(n: int, seed: int = 0) -> dict:
+    """make_batch with groups of n consecutive rows sharing their prompt columns."""
+    batch = make_batch(seed)
+    for key in ("tokens_bt", "positions_bt", "attn_mask_bt"):
+        x = batch[key]
+        lead = np.repeat(x[::n, :PROMPT], n, axis=0)
+        batch[key] = np.concatenate([lead, x[:, PROMPT:]], axis=1)
+    # Completion positions continue from each row's (now shared) prompt length.
+    attn = batch["attn_mask_bt"]
+    batch["positions_bt"] = np.maximum(np.cumsum(attn, axis=1) - 1, 0).astype(np.int32)
+    return batch
+
+
+@pytest.mark.parametrize("n_devices, micro", [(1, 1), (1, 2), (4, 2)])
+def test_shared_prompt_forward_gives_the_same_update(n_devices, micro):
+    """Running each group's prompt once (group_size=4) == running it for every row."""
+    batch = make_group_batch(4)
+    kw = dict(n_devices=n_devices, micro_batches=micro, batch=batch, score_last=COMPLETION, loss_cfg=LossCfg)
+    before, reference, m_ref = run_step(optax.sgd(1.0), **kw)
+    assert max_abs_diff(before, reference) > 1e-3
+    _, shared, m_shared = run_step(optax.sgd(1.0), group_size=4, **kw)
+    assert max_abs_diff(shared, reference) < TOL
+    for key in ("loss", "entropy", "grad_norm"):
+        assert float(m_shared[key]) == pytest.approx(float(m_ref[key]), rel=1e-4, abs=1e-6), key
+
+
+def test_shared_prompt_logps_equal_full_scoring():
+    params = init_params(CFG, jax.random.PRNGKey(5))
+    batch = {k: jnp.asarray(v) for k, v in make_group_batch(4, seed=2).items()}
+    full, _ = sequence_logps(params, batch, CFG, 0.7, score_last=COMPLETION)
+    shared, _ = sequence_logps(params, batch, CFG, 0.7, score_last=COMPLETION, group_size=4)
+    np.testing.assert_allclose(np.asarray(shared), np.asarray(full), atol=1e-5)
+
+
+def test_groups_that_do_not_share_a_prompt_are_rejected():
+    trainer = Trainer(CFG, optax.sgd(1.0), mesh=mesh_of(1), score_last=COMPLETION, group_size=4)
+    with pytest.raises(ValueError, match="differ in their prompt columns"):
+        trainer.shard_batch(make_batch(seed=1))  # independent prompts per row
+    assert trainer._shared_group(16) == 4 and trainer._shared_group(6) == 1
