@@ -23,7 +23,7 @@ import numpy as np
 
 from grpo_core.errors import UserError
 from grpo_core.models.decoder import (
-    KV_CACHE_AXES, KVCache, decode_step, forward, logits_from_hidden, positions_from_mask,
+    KVCache, decode_step, forward, kv_cache_axes, logits_from_hidden, positions_from_mask,
     split_layers,
 )
 from grpo_core.sharding import batch_shards, batch_sharding, constrain, fetch_global, put_global
@@ -45,6 +45,7 @@ class SamplingSpec:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     unroll_layers: bool = False  # decode through per-layer weight copies (see `_unroll_layers`)
+    heads_major: bool = False  # decode cache [.., B, Nkv, S, Hd] (see `_heads_major`)
 
 
 @dataclasses.dataclass
@@ -86,15 +87,25 @@ def filter_logits(x_bv: jax.Array, top_p: float, top_k: int) -> jax.Array:
     return x_bv
 
 
+def _first_argmax(x_bv: jax.Array) -> jax.Array:
+    """argmax over the last axis (first index on ties) as two plain reductions: XLA's CPU
+    backend runs jnp.argmax's (value, index) reduction several times slower per token."""
+    top = jnp.max(x_bv, axis=-1, keepdims=True)
+    index = jnp.arange(x_bv.shape[-1], dtype=jnp.int32)
+    first = jnp.min(jnp.where(x_bv == top, index, x_bv.shape[-1]), axis=-1)
+    return jnp.minimum(first, x_bv.shape[-1] - 1).astype(jnp.int32)  # a NaN row still yields a valid id
+
+
 def sample_from_logits(logits_bv: jax.Array, key: jax.Array, spec: SamplingSpec):
     """Draw one token per row. logits_bv: [B, V] float32 -> (tokens [B] int32, logps [B] float32)."""
     if spec.temperature == 0.0:
-        tokens = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        tokens = _first_argmax(logits_bv)
         logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
     else:
         scaled = logits_bv / spec.temperature
         logp_bv = jax.nn.log_softmax(scaled, axis=-1)
-        tokens = jax.random.categorical(key, filter_logits(scaled, spec.top_p, spec.top_k), axis=-1).astype(jnp.int32)
+        tokens = _first_argmax(filter_logits(scaled, spec.top_p, spec.top_k)
+                               + jax.random.gumbel(key, scaled.shape, jnp.float32))  # Gumbel-max: a categorical draw
     return tokens, jnp.take_along_axis(logp_bv, tokens[:, None], axis=-1)[:, 0]
 
 
@@ -114,15 +125,19 @@ def _prefill(params, tokens_pt, mask_pt, cfg, spec: SamplingSpec, mesh):
     last = jnp.repeat(logits_from_hidden(params, h[:, -1:], cfg)[:, 0], spec.n, axis=0)
     mask = jnp.zeros((N, S), bool).at[:, :Tp].set(jnp.repeat(mask_pt.astype(bool), spec.n, axis=0))
 
-    def fill(x):  # [..., P, Tp, Nkv, Hd] -> [..., N, S, Nkv, Hd], prompt slots first
-        shape = x.shape[:-4] + (N, S) + x.shape[-2:]
-        return jnp.zeros(shape, dtype).at[..., :Tp, :, :].set(jnp.repeat(x.astype(dtype), spec.n, axis=-4))
+    def fill(x):  # [..., P, Tp, Nkv, Hd] -> [..., N, S, Nkv, Hd] (or [..., N, Nkv, S, Hd]), prompt slots first
+        x = jnp.repeat(x.astype(dtype), spec.n, axis=-4)
+        if spec.heads_major:
+            x = jnp.swapaxes(x, -3, -2)
+            return jnp.zeros(x.shape[:-4] + (N, x.shape[-3], S, x.shape[-1]), dtype).at[..., :Tp, :].set(x)
+        return jnp.zeros(x.shape[:-4] + (N, S) + x.shape[-2:], dtype).at[..., :Tp, :, :].set(x)
 
+    axes = kv_cache_axes(spec.heads_major)
     if spec.unroll_layers:
-        axes = KV_CACHE_AXES.k[1:]
-        caches = [constrain((fill(k[i]), fill(v[i])), (axes, axes), mesh) for i in range(cfg.num_hidden_layers)]
+        caches = [constrain((fill(k[i]), fill(v[i])), (axes.k[1:], axes.v[1:]), mesh)
+                  for i in range(cfg.num_hidden_layers)]
         return last, (caches, mask)
-    return last, constrain(KVCache(fill(k), fill(v), mask), KV_CACHE_AXES, mesh)
+    return last, constrain(KVCache(fill(k), fill(v), mask), axes, mesh)
 
 
 def _is_eos(tokens_b, spec: SamplingSpec):
@@ -157,10 +172,11 @@ def _generate_impl(params, tokens_pt, mask_pt, seed, cfg, spec: SamplingSpec, me
             caches, mask = cache
             logits, caches, mask = decode_step(params, layer_params, tok[:, None], cfg,
                                                positions_b1=(plen + i - 1)[:, None], caches=caches,
-                                               cache_mask_bs=mask, cache_pos=Tp + i - 1, mesh=mesh)
+                                               cache_mask_bs=mask, cache_pos=Tp + i - 1,
+                                               heads_major=spec.heads_major, mesh=mesh)
             return logits, (caches, mask)
         return forward(params, tok[:, None], cfg, positions_bt=(plen + i - 1)[:, None],
-                       kv_cache=cache, cache_pos=Tp + i - 1, mesh=mesh)
+                       kv_cache=cache, cache_pos=Tp + i - 1, cache_heads_major=spec.heads_major, mesh=mesh)
 
     def body(state):
         i, cache, tok, done, out_tok, out_lp, lengths = state
@@ -212,6 +228,20 @@ def _unroll_layers(mesh) -> bool:
     return mesh is None or mesh.shape.get("fsdp", 1) * mesh.shape.get("tp", 1) == 1
 
 
+def _heads_major(mesh) -> bool:
+    """Decode cache layout: [.., B, Nkv, S, Hd] except on TPU.
+
+    A decode step's attention multiplies by the cache along S per kv head; with the
+    [B, S, Nkv, Hd] layout XLA's CPU backend transposes every layer's cache slice every
+    token (a quarter of the CPU decode time in the profile in benchmarks/RESULTS.md).
+    On TPU the [B, S, Nkv, Hd] layout stays: grpo_core.memory's TPU tiling model (kv
+    heads padded to 8/16 rows) is written for it. GPU compilers pick the physical layout
+    of the loop carry themselves, so the choice is neutral there.
+    """
+    devices = mesh.devices.flat if mesh is not None else jax.devices()[:1]
+    return all(d.platform != "tpu" for d in devices)
+
+
 def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, top_k: int, n: int):
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("generate needs at least one prompt and every prompt needs at least one token.")
@@ -223,14 +253,15 @@ def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop_at_eos: bool = True, n: int = 1,
-             mesh=None, unroll_layers: bool | None = None) -> GenerationResult:
+             mesh=None, unroll_layers: bool | None = None, heads_major: bool | None = None) -> GenerationResult:
     """Sample `n` completions for each prompt (token id lists) with `model` (a grpo_core Model).
 
     Rows are group-contiguous (prompt i, sample j -> row i*n+j). `mesh` defaults to the
     mesh the params are sharded on; the batch is split over its dp/fsdp axes. Under
     several processes every process passes the same (global) prompts and gets the global
     result. See the module docstring for what `logps` holds. `unroll_layers` picks the
-    decode path (None: `_unroll_layers` decides by platform; both give the same tokens).
+    decode path and `heads_major` the decode cache layout (None: `_unroll_layers` /
+    `_heads_major` decide by platform; every choice gives the same tokens).
     """
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
     mesh = model.mesh if mesh is None else mesh
@@ -241,7 +272,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
     spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
                         top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
-                        pad_id=model.pad_token_id, unroll_layers=_unroll_layers(mesh) if unroll_layers is None else bool(unroll_layers))
+                        pad_id=model.pad_token_id, unroll_layers=_unroll_layers(mesh) if unroll_layers is None else bool(unroll_layers),
+                        heads_major=_heads_major(mesh) if heads_major is None else bool(heads_major))
     # The seed is a traced (host, replicated) argument so a new seed does not recompile.
     *out, steps = _generate_jit(model.params, tokens, mask, np.uint32(seed), cfg=model.config, spec=spec, mesh=mesh)
     tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)

@@ -26,16 +26,18 @@ _MASK_VALUE = -1e30
 
 
 class KVCache(NamedTuple):
-    """Preallocated key/value cache. k, v: [L, B, S, Nkv, Hd]; mask: [B, S] bool (slot holds a real token)."""
+    """Preallocated key/value cache. k, v: [L, B, S, Nkv, Hd], or [L, B, Nkv, S, Hd] when
+    "heads major" (see `forward`); mask: [B, S] bool (slot holds a real token)."""
 
     k: jax.Array
     v: jax.Array
     mask: jax.Array
 
 
-def init_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+def init_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32, heads_major: bool = False) -> KVCache:
     """Empty cache for `batch` rows of up to `max_len` tokens (prompt + completion)."""
-    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    slots_heads = (cfg.num_key_value_heads, max_len) if heads_major else (max_len, cfg.num_key_value_heads)
+    shape = (cfg.num_hidden_layers, batch, *slots_heads, cfg.head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, max_len), bool))
 
 
@@ -77,6 +79,17 @@ KV_CACHE_AXES = KVCache(
     v=("layers", "batch", "seq", "kv_heads", "head_dim"),
     mask=("batch", "seq"),
 )
+# The same for a heads-major cache ([L, B, Nkv, S, Hd]).
+KV_CACHE_AXES_HEADS_MAJOR = KVCache(
+    k=("layers", "batch", "kv_heads", "seq", "head_dim"),
+    v=("layers", "batch", "kv_heads", "seq", "head_dim"),
+    mask=("batch", "seq"),
+)
+
+
+def kv_cache_axes(heads_major: bool) -> KVCache:
+    """Logical axis names of a KVCache in either layout."""
+    return KV_CACHE_AXES_HEADS_MAJOR if heads_major else KV_CACHE_AXES
 
 
 def init_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32) -> dict:
@@ -139,10 +152,10 @@ def attention(q, k, v, allowed_bts) -> jax.Array:
     return out.reshape(B, T, Nq, Hd)
 
 
-def attention_with_cache(q, k, v, allowed_bts, k_old, v_old, allowed_old_bts) -> jax.Array:
-    """Attention over two key blocks: the cache (k_old, v_old: [B, S, Nkv, Hd], read only;
-    allowed_old_bts [B, T, S]) and the T new tokens (k, v: [B, T, Nkv, Hd]; allowed_bts
-    [B, T, T]). Returns [B, T, Nq, Hd].
+def attention_with_cache(q, k, v, allowed_bts, k_old, v_old, allowed_old_bts, heads_major: bool = False) -> jax.Array:
+    """Attention over two key blocks: the cache (k_old, v_old: [B, S, Nkv, Hd], or
+    [B, Nkv, S, Hd] when `heads_major`, read only; allowed_old_bts [B, T, S]) and the T new
+    tokens (k, v: [B, T, Nkv, Hd]; allowed_bts [B, T, T]). Returns [B, T, Nq, Hd].
 
     The blocks are never concatenated (that would copy the cache every layer); one softmax
     spans both through a shared max and a shared normaliser.
@@ -152,15 +165,30 @@ def attention_with_cache(q, k, v, allowed_bts, k_old, v_old, allowed_old_bts) ->
     qg = q.reshape(B, T, Nkv, Nq // Nkv, Hd)
     scale = 1.0 / jnp.sqrt(jnp.float32(Hd))
 
-    def scores(keys, allowed):
-        s = jnp.einsum("btkgh,bskh->bkgts", qg, keys, preferred_element_type=jnp.float32) * scale
+    old_keys = "bksh" if heads_major else "bskh"
+
+    def scores(keys, allowed, layout="bskh"):
+        s = jnp.einsum(f"btkgh,{layout}->bkgts", qg, keys, preferred_element_type=jnp.float32) * scale
         return jnp.where(allowed[:, None, None], s, _MASK_VALUE)
 
-    old, new = scores(k_old, allowed_old_bts), scores(k, allowed_bts)
+    # One query against a heads-major cache: multiply-reduce instead of a dot, so XLA fuses
+    # the read of the cache slice into the reduction (a dot would copy the slice first).
+    fused = heads_major and T == 1
+    if fused:
+        old = jnp.sum(qg[:, 0, :, :, None, :].astype(jnp.float32) * k_old[:, :, None].astype(jnp.float32), axis=-1)
+        old = jnp.where(allowed_old_bts[:, None, None], old[:, :, :, None, :] * scale, _MASK_VALUE)
+    else:
+        old = scores(k_old, allowed_old_bts, old_keys)
+    new = scores(k, allowed_bts)
     top = jnp.maximum(jnp.max(old, axis=-1, keepdims=True), jnp.max(new, axis=-1, keepdims=True))
     old, new = jnp.exp(old - top), jnp.exp(new - top)
     norm = jnp.sum(old, axis=-1, keepdims=True) + jnp.sum(new, axis=-1, keepdims=True)
-    out = (jnp.einsum("bkgts,bskh->btkgh", (old / norm).astype(v.dtype), v_old)
+    if fused:
+        from_old = jnp.sum((old / norm)[:, :, :, 0, :, None] * v_old[:, :, None].astype(jnp.float32), axis=3)
+        from_old = from_old[:, None].astype(v.dtype)  # [B, 1, Nkv, G, Hd]
+    else:
+        from_old = jnp.einsum(f"bkgts,{old_keys}->btkgh", (old / norm).astype(v.dtype), v_old)
+    out = (from_old
            + jnp.einsum("bkgts,bskh->btkgh", (new / norm).astype(v.dtype), v))
     return out.reshape(B, T, Nq, Hd)
 
@@ -181,9 +209,10 @@ def _mlp(p: dict, x: jax.Array) -> jax.Array:
     return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"])
 
 
-def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, cached):
+def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, cached, heads_major: bool = False):
     """One decoder block. h: [B, T, D]; cached: None, or (k_old, v_old, allowed_old) with this
-    layer's cache k/v [B, S, Nkv, Hd] (read only) and allowed_old [B, T, S].
+    layer's cache k/v [B, S, Nkv, Hd] (or [B, Nkv, S, Hd], `heads_major`; read only) and
+    allowed_old [B, T, S].
 
     Returns (h, (k, v)): the block's own keys/values [B, T, Nkv, Hd], which the caller
     writes into the cache once, after all layers (so the scan never carries the cache).
@@ -194,7 +223,8 @@ def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, cached):
         attn = attention(q, k, v, allowed_bts)
     else:
         k_old, v_old, allowed_old = cached
-        attn = attention_with_cache(q, k, v, allowed_bts, k_old.astype(q.dtype), v_old.astype(q.dtype), allowed_old)
+        attn = attention_with_cache(q, k, v, allowed_bts, k_old.astype(q.dtype), v_old.astype(q.dtype), allowed_old,
+                                    heads_major)
     h = h + jnp.einsum("btnh,nhd->btd", attn, p["wo"])
     h = h + _mlp(p, rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps))
     return h, (k, v)
@@ -221,8 +251,18 @@ def split_layers(layers: dict) -> list[dict]:
     return [jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)]
 
 
+def _write_slots(cache, new, pos, heads_major: bool):
+    """Write new [..., B, T, Nkv, Hd] keys/values into slots [pos, pos + T) of a cache
+    [..., B, S, Nkv, Hd] (or [..., B, Nkv, S, Hd] when heads_major)."""
+    new = new.astype(cache.dtype)
+    lead = (0,) * (cache.ndim - 4)
+    if heads_major:
+        return jax.lax.dynamic_update_slice(cache, jnp.swapaxes(new, -3, -2), (*lead, 0, 0, pos, 0))
+    return jax.lax.dynamic_update_slice(cache, new, (*lead, 0, pos, 0, 0))
+
+
 def decode_step(params, layer_params: list[dict], tokens_b1, cfg: ModelConfig, *, positions_b1,
-                caches: list[tuple], cache_mask_bs, cache_pos, mesh=None):
+                caches: list[tuple], cache_mask_bs, cache_pos, heads_major: bool = False, mesh=None):
     """One decode token per row through layers unrolled in Python (no layer scan).
 
     layer_params: `split_layers(params["layers"])`; caches: per layer (k, v) [B, S, Nkv, Hd]
@@ -242,9 +282,8 @@ def decode_step(params, layer_params: list[dict], tokens_b1, cfg: ModelConfig, *
     allowed_new = jnp.ones((B, 1, 1), bool)
     new_caches = []
     for p, (k_l, v_l) in zip(layer_params, caches):
-        h, (k, v) = _layer(cfg, h, p, positions_b1, allowed_new, (k_l, v_l, allowed_old))
-        new_caches.append((jax.lax.dynamic_update_slice(k_l, k.astype(k_l.dtype), (0, cache_pos, 0, 0)),
-                           jax.lax.dynamic_update_slice(v_l, v.astype(v_l.dtype), (0, cache_pos, 0, 0))))
+        h, (k, v) = _layer(cfg, h, p, positions_b1, allowed_new, (k_l, v_l, allowed_old), heads_major)
+        new_caches.append((_write_slots(k_l, k, cache_pos, heads_major), _write_slots(v_l, v, cache_pos, heads_major)))
         h = constrain(h, ("batch", "seq", None), mesh)
     mask = jax.lax.dynamic_update_slice(cache_mask_bs, jnp.ones((B, 1), bool), (0, cache_pos))
     logits = constrain(logits_from_hidden(params, h, cfg), ("batch", "seq", "vocab"), mesh)
@@ -253,7 +292,8 @@ def decode_step(params, layer_params: list[dict], tokens_b1, cfg: ModelConfig, *
 
 def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=None,
             kv_cache: KVCache | None = None, cache_pos=None, remat: bool = False,
-            return_hidden: bool = False, return_kv: bool = False, write_cache: bool = True, mesh=None):
+            return_hidden: bool = False, return_kv: bool = False, write_cache: bool = True,
+            cache_heads_major: bool = False, mesh=None):
     """Run the decoder.
 
     tokens_bt, positions_bt: [B, T] int; attn_mask_bt: [B, T] bool (False = left pad; default
@@ -266,6 +306,8 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
     [B, T, V] float32, updated KVCache or None); with `return_hidden` the first item is the
     final hidden state [B, T, D] before the norm. `return_kv` (no cache) returns the
     layers' keys/values ([L, B, T, Nkv, Hd] each) as the second item instead of None.
+    `cache_heads_major`: the cache is laid out [L, B, Nkv, S, Hd], so a decode step's
+    attention reads it without a transpose per layer (what the CPU sampler uses).
     `remat` recomputes each layer in the backward pass (jax.checkpoint) to save memory.
     `mesh` (static) pins the residual stream to the batch sharding of the rules table, so
     XLA's propagation cannot pick a worse layout between layers.
@@ -285,7 +327,7 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
         else:
             p, k_old, v_old = xs
             cached = (k_old, v_old, allowed_old)
-        h, kv = _layer(cfg, h, p, positions_bt, allowed, cached)
+        h, kv = _layer(cfg, h, p, positions_bt, allowed, cached, cache_heads_major)
         return constrain(h, ("batch", "seq", None), mesh), (kv if kv_cache is not None or return_kv else None)
 
     if remat:
@@ -294,9 +336,8 @@ def forward(params, tokens_bt, cfg: ModelConfig, *, positions_bt, attn_mask_bt=N
     h, new_kv = jax.lax.scan(body, h, xs)
     new_cache = None
     if kv_cache is not None and write_cache:
-        k_new, v_new = (x.astype(kv_cache.k.dtype) for x in new_kv)
-        new_cache = KVCache(jax.lax.dynamic_update_slice(kv_cache.k, k_new, (0, 0, cache_pos, 0, 0)),
-                            jax.lax.dynamic_update_slice(kv_cache.v, v_new, (0, 0, cache_pos, 0, 0)),
+        new_cache = KVCache(_write_slots(kv_cache.k, new_kv[0], cache_pos, cache_heads_major),
+                            _write_slots(kv_cache.v, new_kv[1], cache_pos, cache_heads_major),
                             jax.lax.dynamic_update_slice(kv_cache.mask, mask, (0, cache_pos)))
     elif return_kv:
         new_cache = new_kv

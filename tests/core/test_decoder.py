@@ -64,17 +64,19 @@ def test_left_padding_and_kv_cache_match_plain_forward(name):
     full, _ = forward(params, tokens, cfg, positions_bt=pos, attn_mask_bt=mask)
     alone, _ = forward(params, tokens[1:2, 5:], cfg, positions_bt=pos[1:2, 5:])
     np.testing.assert_allclose(full[1, 5:], alone[0], atol=1e-5)
-    # Prefill 6 tokens into a cache, then feed the last 3 one at a time.
-    cache = init_kv_cache(cfg, 3, 12)
-    pre, cache = forward(params, tokens[:, :6], cfg, positions_bt=pos[:, :6], attn_mask_bt=mask[:, :6],
-                         kv_cache=cache, cache_pos=0)
-    steps = [pre]
-    for t in range(6, 9):
-        out, cache = forward(params, tokens[:, t:t + 1], cfg, positions_bt=pos[:, t:t + 1],
-                             attn_mask_bt=mask[:, t:t + 1], kv_cache=cache, cache_pos=t)
-        steps.append(out)
-    np.testing.assert_allclose(np.where(mask[..., None], jnp.concatenate(steps, 1), 0),
-                               np.where(mask[..., None], full, 0), atol=1e-5)
+    # Prefill 6 tokens into a cache, then feed the last 3 one at a time (both cache layouts).
+    for heads_major in (False, True):
+        cache = init_kv_cache(cfg, 3, 12, heads_major=heads_major)
+        pre, cache = forward(params, tokens[:, :6], cfg, positions_bt=pos[:, :6], attn_mask_bt=mask[:, :6],
+                             kv_cache=cache, cache_pos=0, cache_heads_major=heads_major)
+        steps = [pre]
+        for t in range(6, 9):
+            out, cache = forward(params, tokens[:, t:t + 1], cfg, positions_bt=pos[:, t:t + 1],
+                                 attn_mask_bt=mask[:, t:t + 1], kv_cache=cache, cache_pos=t,
+                                 cache_heads_major=heads_major)
+            steps.append(out)
+        np.testing.assert_allclose(np.where(mask[..., None], jnp.concatenate(steps, 1), 0),
+                                   np.where(mask[..., None], full, 0), atol=1e-5)
 
 
 def test_remat_and_bfloat16():

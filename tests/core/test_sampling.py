@@ -117,14 +117,17 @@ def test_second_call_in_same_bucket_does_not_retrace(model):
 
 @pytest.mark.parametrize("shape", [None, {"dp": 8}])
 def test_unrolled_decode_matches_layer_scan(model, shape):
-    """The per-layer decode path (GPU default) gives the scan path's samples and logps."""
+    """Every decode path (layer scan or per-layer; cache [B, S, Nkv, Hd] or heads major)
+    gives the same samples and logps."""
     mesh = make_mesh(shape)
     sharded = Model(model.config, shard_params(model.params, param_logical_axes(model.config), mesh))
     kwargs = dict(temperature=0.7, top_p=0.9, top_k=20, seed=3, n=2, stop_at_eos=False)
-    scan = generate(sharded, PROMPTS, 8, unroll_layers=False, **kwargs)
-    unrolled = generate(sharded, PROMPTS, 8, unroll_layers=True, **kwargs)
-    assert unrolled.tokens == scan.tokens
-    np.testing.assert_allclose(unrolled.logps_bt, scan.logps_bt, atol=1e-5)
+    scan = generate(sharded, PROMPTS, 8, unroll_layers=False, heads_major=False, **kwargs)  # the TPU path
+    for unroll, heads_major in ((True, False), (False, True), (True, True)):
+        other = generate(sharded, PROMPTS, 8, unroll_layers=unroll, heads_major=heads_major, **kwargs)
+        assert other.tokens == scan.tokens, (unroll, heads_major)
+        np.testing.assert_allclose(other.logps_bt, scan.logps_bt, atol=1e-4)  # float32 sums in another order
+    unrolled = other
     for got, ref in zip(unrolled.logps, _recomputed_logps(model, PROMPTS, unrolled, 2, 0.7)):
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
