@@ -87,7 +87,7 @@ def main(argv=None) -> None:
 def _compiled_generate(sampling, model, prompts, new_tokens):
     """The optimized HLO of the generate call above (same shapes, so the same fusion names)."""
     rows = sampling.bucket(len(prompts))
-    width = sampling.bucket(max(len(p) for p in prompts), 8)
+    width = sampling.prompt_slots(max(len(p) for p in prompts))
     tokens, mask = sampling._left_pad(prompts, rows, width, model.pad_token_id)
     spec = sampling.SamplingSpec(max_new_tokens=new_tokens, temperature=0.0, stop_at_eos=False,
                                  eos_ids=tuple(model.eos_token_ids), pad_id=model.pad_token_id,

@@ -30,7 +30,8 @@ Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.
    prompt part runs once per group and its keys/values are repeated for the group's
    completions (grpo_core.train_step, "shared prompt kv"). The sampler
    (grpo_core.sampling) pads the global prompt count to a power of two and then to the
-   batch shards, and the prompt length to a power of two; it prefills each prompt once into
+   batch shards, and the prompt length to `sampling.prompt_slots` (a power of two up to
+   64, then a multiple of 32); it prefills each prompt once into
    a [L, P, Tp] cache, computes only the last position's logits, and repeats that cache n
    times into the decode cache [L, P*n, Tp+M] (XLA fuses the repeat into that write, so no
    repeated copy is live). Rollout is two phases: "prefill" (decode cache, prompt cache and
@@ -56,7 +57,7 @@ from types import SimpleNamespace
 from grpo_core.errors import UserError
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import param_logical_axes, param_shapes
-from grpo_core.sampling import bucket
+from grpo_core.sampling import bucket, prompt_slots as sampler_prompt_slots
 from grpo_core.sharding import logical_to_spec
 
 GIB = 1024**3
@@ -154,7 +155,7 @@ class Workload:
     @property
     def prompt_slots(self) -> int:
         """Prompt cache length: the longest prompt bucketed as the sampler does."""
-        return bucket(self.max_prompt_tokens, 8)
+        return sampler_prompt_slots(self.max_prompt_tokens)
 
     @property
     def update_tokens(self) -> int:
