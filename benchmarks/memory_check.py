@@ -114,7 +114,10 @@ def _train_batch(w: Workload) -> dict:
     rng = np.random.default_rng(0)
     completion = np.zeros((rows, width), np.float32)
     completion[:, width - w.new_tokens:] = 1.0
-    return {"tokens_bt": rng.integers(3, TINY.vocab_size, (rows, width)).astype(np.int32),
+    tokens = rng.integers(3, TINY.vocab_size, (rows, width)).astype(np.int32)
+    prompt = width - w.new_tokens  # the rows of a GRPO group share their prompt, as in the pipeline
+    tokens[:, :prompt] = np.repeat(tokens[::w.group_size, :prompt], w.group_size, axis=0)
+    return {"tokens_bt": tokens,
             "positions_bt": np.tile(np.arange(width, dtype=np.int32), (rows, 1)),
             "attn_mask_bt": np.ones((rows, width), bool), "completion_mask_bt": completion,
             "advantages_b": rng.standard_normal(rows).astype(np.float32),
@@ -131,8 +134,10 @@ def measure_update(w: Workload) -> dict:
 
     mesh = make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     state = {"params": shard_params(init_params(TINY, jax.random.key(0)), param_logical_axes(TINY), mesh)}
+    # Configured like the pipeline's (tasks/session.py): completions scored in the last
+    # new_tokens columns, prompts shared within each group.
     trainer = Trainer(TINY, _optimizer(), mesh=mesh, micro_batches=w.update_rows_per_device // w.micro_batch,
-                      remat=w.remat)
+                      remat=w.remat, score_last=w.new_tokens, group_size=w.group_size)
     state["opt"] = trainer.init_opt_state(state["params"])
     batch = trainer.shard_batch(_train_batch(w))
 
