@@ -107,18 +107,16 @@ def measure_decode(model: Model, sequences: int, prompt_len: int, new_tokens: in
     step_bytes = decode_step_bytes(model.config, model.params, sequences, prompt_len + new_tokens / 2)
     bound = step_bytes / bandwidth
     return {"sequences": sequences, "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "unroll_layers": unroll_layers, "prefill_seconds": prefill, "generate_seconds": full, "decode_step_seconds": per_step,
+            "unroll_layers": unroll_layers, "prefill_seconds": prefill, "generate_seconds": full,
+            "decode_step_seconds": per_step,
             "decode_tokens_per_s": sequences / per_step, "bytes_per_step": step_bytes,
             "bound_step_seconds": bound, "bound_tokens_per_s": sequences / bound,
             "fraction_of_bound": bound / per_step}
 
 
-def measure_update(cfg, mesh, batch: int, seq: int, peak_flops: float, repeats: int, micro_batches: int = 1) -> dict:
-    """Trainer.step seconds on a random [batch, seq] batch and its MFU vs the measured matmul.
-
-    All `seq` columns are scored (no prompt part), so the model FLOPs count every token.
-    """
-    from benchmarks.update_flops import make_batch, model_flops
+def update_step(cfg, mesh, batch: int, seq: int, micro_batches: int = 1):
+    """A blocking `step()` of Trainer.step (AdamW) on a random [batch, seq] batch, run once."""
+    from benchmarks.update_flops import make_batch
 
     trainer = Trainer(cfg, optax.adamw(1e-6), mesh=mesh, micro_batches=micro_batches)
     state = {"params": build_model(cfg, mesh).params}
@@ -130,12 +128,24 @@ def measure_update(cfg, mesh, batch: int, seq: int, peak_flops: float, repeats: 
         jax.block_until_ready((state["params"], metrics))
 
     # bf16 params get float32 AdamW moments after the first update (float32 gradients), which
-    # changes the step's input types: the second call compiles again, so warm up twice.
+    # changes the step's input types: the second call compiles again, so callers warm up
+    # once more (best_seconds and top_ops both do).
     step()
-    seconds = best_seconds(step, repeats)
+    return step
+
+
+def measure_update(cfg, mesh, batch: int, seq: int, peak_flops: float, repeats: int, micro_batches: int = 1) -> dict:
+    """Trainer.step seconds on a random [batch, seq] batch and its MFU vs the measured matmul.
+
+    All `seq` columns are scored (no prompt part), so the model FLOPs count every token.
+    """
+    from benchmarks.update_flops import model_flops
+
+    seconds = best_seconds(update_step(cfg, mesh, batch, seq, micro_batches), repeats)
     flops = model_flops(cfg, batch, seq)
-    return {"batch": batch, "seq": seq, "micro_batches": micro_batches, "seconds": seconds, "model_tflops": flops / 1e12,
-            "achieved_tflops_per_s": flops / seconds / 1e12, "mfu_vs_matmul": flops / seconds / peak_flops}
+    return {"batch": batch, "seq": seq, "micro_batches": micro_batches, "seconds": seconds,
+            "model_tflops": flops / 1e12, "achieved_tflops_per_s": flops / seconds / 1e12,
+            "mfu_vs_matmul": flops / seconds / peak_flops}
 
 
 def hf_generate_peer(cfg, sequences: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:

@@ -15,14 +15,13 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
-from benchmarks.gpu_suite import build_model  # noqa: E402
+from benchmarks.gpu_suite import best_seconds, build_model, matmul_flops, update_step  # noqa: E402
 from benchmarks.op_profile import format_ops, top_ops  # noqa: E402
+from benchmarks.update_flops import model_flops  # noqa: E402
 from grpo_core.models.config import PRESETS  # noqa: E402
-from grpo_core.sampling import generate  # noqa: E402
+from grpo_core.sampling import _generate_jit, generate, generate_inputs  # noqa: E402
 from grpo_core.sharding import make_mesh  # noqa: E402
-from grpo_core.train_step import Trainer  # noqa: E402
 
 
 def describe(profile: dict, hlo_text: str, width: int = 160) -> str:
@@ -55,46 +54,19 @@ def main(argv=None) -> None:
     prompts = np.random.default_rng(0).integers(10, cfg.vocab_size - 10, (args.sequences, 128)).tolist()
     call = lambda: generate(model, prompts, args.new_tokens, temperature=0.0, stop_at_eos=False)  # noqa: E731
     profile = top_ops(call, reps=2, top=12)
-    from grpo_core import sampling
-
-    hlo = "\n".join(c.as_text() for c in _compiled_generate(sampling, model, prompts, args.new_tokens))
-    print(f"decode {args.sequences} seqs x {args.new_tokens} tokens:\n" + describe(profile, hlo), flush=True)
+    # The optimized HLO of that call (same inputs, so the same fusion names as in the trace).
+    tokens, mask, spec, mesh = generate_inputs(model, prompts, args.new_tokens, temperature=0.0, stop_at_eos=False)
+    hlo = _generate_jit.lower(model.params, tokens, mask, np.uint32(0), cfg=cfg, spec=spec, mesh=mesh).compile()
+    print(f"decode {args.sequences} seqs x {args.new_tokens} tokens:\n" + describe(profile, hlo.as_text()), flush=True)
     del model
 
-    from benchmarks.update_flops import make_batch
-
-    trainer = Trainer(cfg, optax.adamw(1e-6), mesh=mesh, micro_batches=args.update_micro_batches)
-    state = {"params": build_model(cfg, mesh).params}
-    state["opt"] = trainer.init_opt_state(state["params"])
-    data = trainer.shard_batch(make_batch(cfg, args.update_batch, args.update_seq))
-
-    def step():
-        state["params"], state["opt"], metrics = trainer.step(state["params"], state["opt"], data)
-        jax.block_until_ready((state["params"], metrics))
-
-    step()
-    from benchmarks.gpu_suite import best_seconds, matmul_flops
-    from benchmarks.update_flops import model_flops
-
+    step = update_step(cfg, mesh, args.update_batch, args.update_seq, args.update_micro_batches)
     seconds = best_seconds(step, 3)
     achieved = model_flops(cfg, args.update_batch, args.update_seq) / seconds
     profile = top_ops(step, reps=2, top=12)
     print(f"update {args.update_batch}x{args.update_seq}, {args.update_micro_batches} micro-batches: "
           f"{seconds:.3f} s, {achieved / 1e12:.0f} TFLOP/s = {100 * achieved / matmul_flops():.0f}% of the bf16 matmul\n"
           + format_ops(profile), flush=True)
-
-
-def _compiled_generate(sampling, model, prompts, new_tokens):
-    """The optimized HLO of the generate call above (same shapes, so the same fusion names)."""
-    rows = sampling.bucket(len(prompts))
-    width = sampling.prompt_slots(max(len(p) for p in prompts))
-    tokens, mask = sampling._left_pad(prompts, rows, width, model.pad_token_id)
-    spec = sampling.SamplingSpec(max_new_tokens=new_tokens, temperature=0.0, stop_at_eos=False,
-                                 eos_ids=tuple(model.eos_token_ids), pad_id=model.pad_token_id,
-                                 unroll_layers=sampling._unroll_layers(model.mesh))
-    lowered = sampling._generate_jit.lower(model.params, tokens, mask, np.uint32(0), cfg=model.config, spec=spec,
-                                           mesh=model.mesh)
-    yield lowered.compile()
 
 
 if __name__ == "__main__":

@@ -220,6 +220,11 @@ def _left_pad(prompts: list[list[int]], rows: int, width: int, pad_id: int):
     return tokens, mask
 
 
+def _platforms(mesh) -> set[str]:
+    """Platforms of the devices the sampler runs on (the default device without a mesh)."""
+    return {d.platform for d in (mesh.devices.flat if mesh is not None else jax.devices()[:1])}
+
+
 def _unroll_layers(mesh) -> bool:
     """Default decode path: per-layer weight copies on GPU when the weights are whole per device.
 
@@ -230,8 +235,7 @@ def _unroll_layers(mesh) -> bool:
     split over fsdp/tp (TPU slices) per-layer copies would hold the whole gathered model,
     so both keep the layer scan.
     """
-    devices = mesh.devices.flat if mesh is not None else jax.devices()[:1]
-    if any(d.platform != "gpu" for d in devices):
+    if _platforms(mesh) != {"gpu"}:
         return False
     return mesh is None or mesh.shape.get("fsdp", 1) * mesh.shape.get("tp", 1) == 1
 
@@ -246,8 +250,7 @@ def _heads_major(mesh) -> bool:
     heads padded to 8/16 rows) is written for it. GPU compilers pick the physical layout
     of the loop carry themselves, so the choice is neutral there.
     """
-    devices = mesh.devices.flat if mesh is not None else jax.devices()[:1]
-    return all(d.platform != "tpu" for d in devices)
+    return "tpu" not in _platforms(mesh)
 
 
 def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, top_k: int, n: int):
@@ -257,6 +260,25 @@ def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, 
         raise UserError("max_new_tokens and n must be >= 1 and top_k >= 0 (0 turns top-k off).")
     if temperature < 0 or not 0 < top_p <= 1:
         raise UserError("temperature must be >= 0 (0 = greedy) and top_p in (0, 1] (1 = off).")
+
+
+def generate_inputs(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, stop_at_eos=True, n=1,
+                    mesh=None, unroll_layers=None, heads_major=None):
+    """(tokens, mask, spec, mesh): the jitted sampler's inputs for a `generate` call with
+    these arguments (prompts padded to the bucketed shapes, placed on the mesh)."""
+    _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
+    mesh = model.mesh if mesh is None else mesh
+    shards = batch_shards(mesh)
+    rows = -(-bucket(len(prompts)) // shards) * shards
+    tokens, mask = _left_pad(prompts, rows, prompt_slots(max(len(p) for p in prompts)), model.pad_token_id)
+    if mesh is not None:
+        tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
+    unroll_layers = _unroll_layers(mesh) if unroll_layers is None else bool(unroll_layers)
+    heads_major = _heads_major(mesh) if heads_major is None else bool(heads_major)
+    spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+                        top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
+                        pad_id=model.pad_token_id, unroll_layers=unroll_layers, heads_major=heads_major)
+    return tokens, mask, spec, mesh
 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
@@ -271,17 +293,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     decode path and `heads_major` the decode cache layout (None: `_unroll_layers` /
     `_heads_major` decide by platform; every choice gives the same tokens).
     """
-    _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
-    mesh = model.mesh if mesh is None else mesh
-    shards = batch_shards(mesh)
-    rows = -(-bucket(len(prompts)) // shards) * shards
-    tokens, mask = _left_pad(prompts, rows, prompt_slots(max(len(p) for p in prompts)), model.pad_token_id)
-    if mesh is not None:
-        tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
-    spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
-                        top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
-                        pad_id=model.pad_token_id, unroll_layers=_unroll_layers(mesh) if unroll_layers is None else bool(unroll_layers),
-                        heads_major=_heads_major(mesh) if heads_major is None else bool(heads_major))
+    tokens, mask, spec, mesh = generate_inputs(model, prompts, max_new_tokens, temperature, top_p, top_k,
+                                               stop_at_eos, n, mesh, unroll_layers, heads_major)
     # The seed is a traced (host, replicated) argument so a new seed does not recompile.
     *out, steps = _generate_jit(model.params, tokens, mask, np.uint32(seed), cfg=model.config, spec=spec, mesh=mesh)
     tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)
