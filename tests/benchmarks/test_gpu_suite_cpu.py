@@ -38,3 +38,22 @@ def test_top_ops_names_the_compiled_ops():
     assert profile["total_ms_per_call"] > 0
     assert all(not op["name"].startswith(("ThunkExecutor", "$")) for op in profile["ops"])
     assert "ms" in format_ops(profile)
+
+
+def test_device_only_summary_keeps_the_gpu_timeline_and_splits_by_kind():
+    from benchmarks.op_profile import kernel_class, summarize
+
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+              {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+              {"ph": "X", "pid": 1, "name": "nvjet_sm90_tst_128x256", "dur": 3000},
+              {"ph": "X", "pid": 1, "name": "MemcpyD2D", "dur": 1000},
+              {"ph": "X", "pid": 1, "name": "MemcpyD2D", "dur": 1000},
+              {"ph": "X", "pid": 1, "name": "input_reduce_fusion_9", "dur": 500},
+              {"ph": "X", "pid": 1, "name": "loop_multiply_fusion_5", "dur": 500},
+              {"ph": "X", "pid": 2, "name": "cuGraphLaunch", "dur": 9000}]  # host side: left out
+    profile = summarize(events, reps=2, device_only=True)
+    assert profile["total_ms_per_call"] == 3.0 and profile["kernels_per_call"] == 2.5
+    assert profile["classes"] == {"matmul": 1.5, "copy/layout": 1.0, "reduction": 0.25, "other fusion": 0.25}
+    assert profile["ops"][0] == {"name": "nvjet_sm90_tst_128x256", "ms_per_call": 1.5, "count_per_call": 0.5}
+    assert kernel_class("gemm_fusion_dot_94") == "matmul" and kernel_class("loop_pad_fusion") == "other fusion"
+    assert summarize(events, reps=1)["total_ms_per_call"] == 15.0  # all processes without device_only

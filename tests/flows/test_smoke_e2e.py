@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from smoke_helpers import ROOT, SECRET, grep_tree  # noqa: E402
+from tpu.spec import node_name
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -116,7 +117,7 @@ def test_smoke_deployment_completes_and_deletes_the_vm(stack):
         assert f"| {stage} | " in report
     assert "3 steps, exit code 0" in report and "| delete | ok |" in report
     assert list(stack.vms.iterdir()) == []
-    logs = list(stack.results.rglob("train.log"))
+    logs = list((stack.results / node_name(run_id)).rglob("train.log"))
     assert logs and "wandb_key=present" in logs[0].read_text()
 
 
@@ -135,7 +136,11 @@ def test_smoke_deployment_with_real_grpo_train(stack):
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
     report = stack.artifact(run_id)
     assert "2 steps, exit code 0" in report and "| preflight | ok |" in report and "| delete | ok |" in report
-    rows = [json.loads(line) for line in next(stack.results.rglob("metrics.jsonl")).read_text().splitlines()]
+    # Each smoke run fetches into results_dir/<node name of its flow run>; the other tests of
+    # this module share results_dir, so read this run's file only.
+    metrics = list((stack.results / node_name(run_id)).rglob("metrics.jsonl"))
+    assert len(metrics) == 1, metrics
+    rows = [json.loads(line) for line in metrics[0].read_text().splitlines()]
     assert len({row["step"] for row in rows}) == 2  # grpo train counts steps from 0
     assert list(stack.vms.iterdir()) == []
 
