@@ -56,29 +56,30 @@ async def paired_steps(cfg, root: str, steps: int) -> list[dict]:
     """
     from benchmarks.grpo_step import plain_step
     from flows.observe import RunObserver
-    from flows.train import step_flow
+    from flows.train import shared_client, step_flow
     from tasks.session import TrainSession
 
     plain, flowed = TrainSession.open(cfg, Path(root) / "plain"), TrainSession.open(cfg, Path(root) / "flow")
     observer, records = RunObserver(flowed), []
     try:
-        for step in range(steps):
-            record = {}
-            for side in ("plain", "flow") if step % 2 == 0 else ("flow", "plain"):  # cancel order effects
-                start = time.perf_counter()
-                if side == "plain":
-                    plain_step(plain, step)
-                else:
-                    profiling = _PROFILER is not None and step > 0
-                    if profiling:
-                        _PROFILER.enable()
-                    manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(flowed.run_id, step)
-                    observer.step_done(step, manifests, time.perf_counter() - start)
-                    if profiling:
-                        _PROFILER.disable()
-                record[side] = time.perf_counter() - start
-            record["flow_compute"] = sum(flowed.timings.get(step, {}).values())
-            records.append(record)
+        with shared_client():  # as train_flow runs its steps
+            for step in range(steps):
+                record = {}
+                for side in ("plain", "flow") if step % 2 == 0 else ("flow", "plain"):  # cancel order effects
+                    start = time.perf_counter()
+                    if side == "plain":
+                        plain_step(plain, step)
+                    else:
+                        profiling = _PROFILER is not None and step > 0
+                        if profiling:
+                            _PROFILER.enable()
+                        manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(flowed.run_id, step)
+                        observer.step_done(step, manifests, time.perf_counter() - start)
+                        if profiling:
+                            _PROFILER.disable()
+                    record[side] = time.perf_counter() - start
+                record["flow_compute"] = sum(flowed.timings.get(step, {}).values())
+                records.append(record)
     finally:
         observer.close()
         flowed.close()

@@ -115,3 +115,14 @@ def test_wandb_offline_writes_the_run_metrics(tmp_path):
     assert logged["reward_mean"] == pytest.approx(expected["reward_mean"])
     assert logged["loss"] == pytest.approx(expected["loss"])
     assert "kl" in expected and logged["kl"] == pytest.approx(expected["kl"])  # beta > 0: KL to the reference
+
+
+def test_one_prefect_client_serves_every_step(tmp_path, monkeypatch):
+    # Each new sync client costs a TLS context from the CA bundle (~25 ms); without the
+    # shared one, every task run and progress update made its own (5 per step).
+    from prefect.client.orchestration import SyncPrefectClient
+
+    made, init = [], SyncPrefectClient.__init__
+    monkeypatch.setattr(SyncPrefectClient, "__init__", lambda self, *a, **k: made.append(1) or init(self, *a, **k))
+    run(tiny_config("train.steps=3"), tmp_path / "run")
+    assert len(made) <= 2, len(made)  # the shared one, and one the flow engine makes at start
