@@ -96,17 +96,52 @@ def _first_argmax(x_bv: jax.Array) -> jax.Array:
     return jnp.minimum(first, x_bv.shape[-1] - 1).astype(jnp.int32)  # a NaN row still yields a valid id
 
 
+_BLOCK = 128  # vocabulary block of the two-level inverse-CDF draw (`_categorical`)
+
+
+def _inverse_cdf(w_bn: jax.Array, u_b: jax.Array) -> jax.Array:
+    """Per row, the index i with C[i-1] <= u * C[-1] < C[i], C = cumsum(w): an index drawn
+    with probability w_i / sum(w). w_bn >= 0 [B, n]; u_b uniform in [0, 1) [B]. Never an
+    index of zero weight (a rounding overshoot falls back to the last positive one)."""
+    n = w_bn.shape[-1]
+    upper = jnp.triu(jnp.ones((n, n), w_bn.dtype))  # inclusive cumsum as one small matmul
+    c = jnp.dot(w_bn, upper, precision=jax.lax.Precision.HIGHEST)
+    i = jnp.sum(c <= u_b[:, None] * c[:, -1:], axis=-1).astype(jnp.int32)
+    last_positive = n - 1 - _first_argmax(jnp.flip(w_bn > 0, axis=-1).astype(jnp.int32))
+    return jnp.minimum(i, last_positive)
+
+
+def _categorical(e_bv: jax.Array, key: jax.Array) -> jax.Array:
+    """One draw per row with probability e / sum(e) (e_bv: unnormalised weights >= 0, [B, V]).
+
+    Inverse CDF in two levels: a block of `_BLOCK` tokens by the blocks' masses, then a
+    token inside it. Two uniforms per row instead of the Gumbel-max trick's V Gumbel
+    variates (two logs each: ~8 ms of a 70 ms CPU decode step at 16 x 49,152).
+    """
+    B, V = e_bv.shape
+    size = min(_BLOCK, V)
+    blocks = -(-V // size)
+    e = jnp.pad(e_bv, ((0, 0), (0, blocks * size - V))).reshape(B, blocks, size)
+    k_block, k_token = jax.random.split(key)
+    block = _inverse_cdf(e.sum(-1), jax.random.uniform(k_block, (B,), jnp.float32))
+    inside = jnp.take_along_axis(e, block[:, None, None], axis=1)[:, 0]
+    token = block * size + _inverse_cdf(inside, jax.random.uniform(k_token, (B,), jnp.float32))
+    return jnp.minimum(token, V - 1)
+
+
 def sample_from_logits(logits_bv: jax.Array, key: jax.Array, spec: SamplingSpec):
     """Draw one token per row. logits_bv: [B, V] float32 -> (tokens [B] int32, logps [B] float32)."""
+    scaled = logits_bv if spec.temperature == 0.0 else logits_bv / spec.temperature
+    top = jnp.max(scaled, axis=-1, keepdims=True)
+    e = jnp.exp(scaled - top)  # shared by the draw and the log-probs
+    log_z = jnp.log(jnp.sum(e, axis=-1)) + top[:, 0]
     if spec.temperature == 0.0:
-        tokens = _first_argmax(logits_bv)
-        logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+        tokens = _first_argmax(scaled)
     else:
-        scaled = logits_bv / spec.temperature
-        logp_bv = jax.nn.log_softmax(scaled, axis=-1)
-        tokens = _first_argmax(filter_logits(scaled, spec.top_p, spec.top_k)
-                               + jax.random.gumbel(key, scaled.shape, jnp.float32))  # Gumbel-max: a categorical draw
-    return tokens, jnp.take_along_axis(logp_bv, tokens[:, None], axis=-1)[:, 0]
+        if spec.top_p < 1.0 or spec.top_k > 0:
+            e = jnp.where(filter_logits(scaled, spec.top_p, spec.top_k) == -jnp.inf, 0.0, e)
+        tokens = _categorical(e, key)
+    return tokens, jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0] - log_z
 
 
 def _prefill(params, tokens_pt, mask_pt, cfg, spec: SamplingSpec, mesh):

@@ -54,6 +54,29 @@ def test_draws_follow_tempered_filtered_distribution(temperature, top_p, top_k):
     np.testing.assert_allclose(np.asarray(logps), np.asarray(ref), atol=1e-6)  # BEFORE truncation
 
 
+def test_two_level_draw_over_many_blocks_follows_the_weights():
+    # 1000 tokens = 7 full blocks of 128 and a partial one; one whole block and scattered
+    # tokens have zero weight and must never be drawn.
+    from grpo_core.sampling import _categorical
+
+    rng = np.random.default_rng(0)
+    w = rng.gamma(0.5, size=1000) * (rng.random(1000) > 0.2)
+    w[256:384] = 0.0
+    w[999] = 3.0  # the padded last block
+    draws = 200000
+    tokens = np.asarray(jax.jit(_categorical)(jnp.broadcast_to(jnp.asarray(w, jnp.float32), (draws, 1000)),
+                                              jax.random.key(2)))
+    counts = np.bincount(tokens, minlength=1000)
+    assert counts[w == 0].sum() == 0
+    expected = draws * w / w.sum()
+    big = expected > 20  # chi-square over the well-populated tokens, the rest pooled
+    chi2 = ((counts[big] - expected[big]) ** 2 / expected[big]).sum()
+    rest = expected[~big & (w > 0)].sum()
+    chi2 += (counts[~big & (w > 0)].sum() - rest) ** 2 / rest
+    df = big.sum()
+    assert chi2 < df + 6 * np.sqrt(2 * df) + 6, (chi2, df)
+
+
 def test_filter_logits_keeps_at_least_the_top_token():
     x = jnp.array([[5.0, 0.0, -1.0]])
     assert np.isfinite(np.asarray(filter_logits(x, 0.01, 0))).sum() == 1
