@@ -37,7 +37,7 @@ Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.
    repeated copy is live). Rollout is two phases: "prefill" (decode cache, prompt cache and
    one layer's prefill activations live) and "decode" (decode cache plus
    `DECODE_LOGIT_COPIES` [P*n, V] float32 arrays per step: logits, scaled, log-softmax,
-   sorted values for top-p/top-k, probabilities, Gumbel noise).
+   sorted values for top-p/top-k, probabilities, exp weights of the categorical draw).
 8. Everything above is multiplied by (1 + overhead) for XLA temporaries, fragmentation
    and small buffers (default 10%). Capacity per device is the HBM per chip minus the
    runtime's reservation (TPU: 0.75 GiB); on GPU XLA preallocates 75% of memory by
