@@ -27,6 +27,7 @@ from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml, read_yaml
 from schemas.run import RunConfig
+from tasks.host import keep_freed_memory
 from tasks.model_source import check_model_source, resolve_model
 from tasks.multihost import auto_mesh_shape, global_max, warn_if_fsdp_spans_hosts
 
@@ -124,6 +125,7 @@ class TrainSession:
 
     @classmethod
     def open(cls, cfg: RunConfig, run_dir: str | Path) -> "TrainSession":
+        keep_freed_memory()  # before the model's buffers exist (tasks/host.py)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir, jax.process_index())
