@@ -9,9 +9,10 @@ step, 4 prompts x 4 samples x 64 tokens, medians of 5 steps in each of several r
 update ~10.1 s -> ~9.4 s, rollout ~6 s -> ~5.3 s; occasional 8 s rollouts happen
 either way (benchmarks/RESULTS.md).
 
-`keep_freed_memory()` tells glibc to keep freed memory in the process: no trimming, a
-1 GiB pad on heap growth, and the largest allowed mmap threshold (32 MiB). Peak RSS is
-unchanged (the same buffers are live at the peak); memory is not returned between steps.
+`keep_freed_memory()` tells glibc to keep freed memory in the process: trim only past
+2 GiB free, a 1 GiB pad on heap growth, and the largest allowed mmap threshold (32 MiB;
+larger blocks are still mapped and unmapped). Peak RSS is unchanged (the same buffers
+are live at the peak); freed memory mostly stays with the process between steps.
 Set GRPO_KEEP_FREED_MEMORY=0 to leave malloc's defaults. Does nothing off glibc.
 """
 from __future__ import annotations
@@ -41,7 +42,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # The trim threshold is an int here: its largest value means "never trim".
+    # mallopt takes an int: the largest (2 GiB of free memory at the heap's top) is as close
+    # to "never trim" as this call allows.
     _applied = all([mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1,
                     mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1,
                     mallopt(_M_TOP_PAD, _TOP_PAD) == 1])
