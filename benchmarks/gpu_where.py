@@ -77,7 +77,8 @@ def profile_decode(cfg, mesh, args) -> None:
 def profile_update(cfg, mesh, args) -> None:
     step = update_step(cfg, mesh, args.update_batch, args.update_seq, args.update_micro_batches)
     seconds = best_seconds(step, 3)
-    achieved = model_flops(cfg, args.update_batch, args.update_seq) / seconds
+    flops = model_flops(cfg, args.update_batch, args.update_seq)
+    achieved = flops / seconds
     peak = matmul_flops()
     print(f"update {args.update_batch}x{args.update_seq}, {args.update_micro_batches} micro-batches: "
           f"{seconds:.3f} s, {achieved / 1e12:.0f} TFLOP/s = {100 * achieved / peak:.0f}% of the bf16 matmul "
@@ -90,11 +91,11 @@ def profile_update(cfg, mesh, args) -> None:
         profile = summarize(events, reps=2, top=25)
     busy = profile["total_ms_per_call"] / 1e3
     matmul_s = profile.get("classes", {}).get("matmul", 0.0) / 1e3
-    summary = {"device": jax.devices()[0].device_kind, "step_seconds": seconds, "model_tflops": achieved * seconds / 1e12,
+    summary = {"device": jax.devices()[0].device_kind, "step_seconds": seconds, "model_tflops": flops / 1e12,
                "mfu_vs_matmul": achieved / peak, "matmul_peak_tflops_per_s": peak / 1e12,
                "kernel_busy_seconds": busy, "idle_fraction": max(0.0, 1 - busy / seconds),
                "matmul_kernel_seconds": matmul_s,
-               "matmul_kernels_tflops_per_s": achieved * seconds / matmul_s / 1e12 if matmul_s else None,
+               "matmul_kernels_tflops_per_s": flops / matmul_s / 1e12 if matmul_s else None,
                "xla_flags": os.environ.get("XLA_FLAGS", ""), "profile": profile}
     print(format_ops(profile))
     print(json.dumps({k: v for k, v in summary.items() if k != "profile"}, indent=1), flush=True)

@@ -50,15 +50,17 @@ def device_pids(events: list[dict]) -> set:
 
 def summarize(events: list[dict], reps: int, top: int = 15, device_only: bool = False) -> dict:
     """Per-name duration sums of the complete events; `device_only` keeps the kernels on the
-    accelerator's timelines (then 'busy_ms_per_call' is their total and 'classes' splits it)."""
-    pids = device_pids(events) if device_only else None
+    accelerator's timelines (then 'total_ms_per_call' is their sum and 'classes' splits it by kind)."""
+    if device_only:
+        pids = device_pids(events)
+        wanted = lambda event: event.get("pid") in pids  # noqa: E731
+    else:
+        wanted = lambda event: not event.get("name", "").startswith(_SKIP_PREFIXES)  # noqa: E731
     seconds: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
     for event in events:
         name = event.get("name", "")
-        if event.get("ph") != "X" or (pids is None and name.startswith(_SKIP_PREFIXES)):
-            continue
-        if pids is not None and event.get("pid") not in pids:
+        if event.get("ph") != "X" or not wanted(event):
             continue
         seconds[name] += event.get("dur", 0) / 1e6
         counts[name] += 1

@@ -47,6 +47,20 @@ def quickstart_config(steps: int, extra: list[str] = ()):
                                         "logging.progress_bar=false", "eval.every_steps=0", *extra])
 
 
+async def _flow_step(flowed, observer, step: int) -> None:
+    """One `step_flow` subflow plus the observer's per-step work, as train_flow runs them."""
+    from flows.train import step_flow
+
+    profiling = _PROFILER is not None and step > 0
+    if profiling:
+        _PROFILER.enable()
+    start = time.perf_counter()
+    manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(flowed.run_id, step)
+    observer.step_done(step, manifests, time.perf_counter() - start)
+    if profiling:
+        _PROFILER.disable()
+
+
 async def paired_steps(cfg, root: str, steps: int) -> list[dict]:
     """Alternate a plain step and a Prefect step of two same-seed sessions; seconds of each.
 
@@ -56,7 +70,7 @@ async def paired_steps(cfg, root: str, steps: int) -> list[dict]:
     """
     from benchmarks.grpo_step import plain_step
     from flows.observe import RunObserver
-    from flows.train import shared_client, step_flow
+    from flows.train import shared_client
     from tasks.session import TrainSession
 
     plain, flowed = TrainSession.open(cfg, Path(root) / "plain"), TrainSession.open(cfg, Path(root) / "flow")
@@ -70,13 +84,7 @@ async def paired_steps(cfg, root: str, steps: int) -> list[dict]:
                     if side == "plain":
                         plain_step(plain, step)
                     else:
-                        profiling = _PROFILER is not None and step > 0
-                        if profiling:
-                            _PROFILER.enable()
-                        manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(flowed.run_id, step)
-                        observer.step_done(step, manifests, time.perf_counter() - start)
-                        if profiling:
-                            _PROFILER.disable()
+                        await _flow_step(flowed, observer, step)
                     record[side] = time.perf_counter() - start
                 record["flow_compute"] = sum(flowed.timings.get(step, {}).values())
                 records.append(record)

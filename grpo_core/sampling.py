@@ -107,7 +107,7 @@ def _inverse_cdf(w_bn: jax.Array, u_b: jax.Array) -> jax.Array:
     upper = jnp.triu(jnp.ones((n, n), w_bn.dtype))  # inclusive cumsum as one small matmul
     c = jnp.dot(w_bn, upper, precision=jax.lax.Precision.HIGHEST)
     i = jnp.sum(c <= u_b[:, None] * c[:, -1:], axis=-1).astype(jnp.int32)
-    last_positive = n - 1 - _first_argmax(jnp.flip(w_bn > 0, axis=-1).astype(jnp.int32))
+    last_positive = jnp.max(jnp.where(w_bn > 0, jnp.arange(n, dtype=jnp.int32), 0), axis=-1)
     return jnp.minimum(i, last_positive)
 
 

@@ -83,6 +83,11 @@ class Stack:
             time.sleep(1)
         raise AssertionError(f"run {run_id} not finished; worker log:\n{(self.root / 'worker.log').read_text()[-4000:]}")
 
+    def run_results(self, run_id: str) -> Path:
+        """Where the smoke run fetched its files: results_dir/<node name of the flow run>.
+        The module's tests share results_dir, so each reads its own run's folder."""
+        return self.results / node_name(run_id)
+
     def artifact(self, run_id: str) -> str:
         found = self.get("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["tpu-smoke-v6e-8"]}}})
         return found[0]["data"]
@@ -117,7 +122,7 @@ def test_smoke_deployment_completes_and_deletes_the_vm(stack):
         assert f"| {stage} | " in report
     assert "3 steps, exit code 0" in report and "| delete | ok |" in report
     assert list(stack.vms.iterdir()) == []
-    logs = list((stack.results / node_name(run_id)).rglob("train.log"))
+    logs = list(stack.run_results(run_id).rglob("train.log"))
     assert logs and "wandb_key=present" in logs[0].read_text()
 
 
@@ -136,9 +141,7 @@ def test_smoke_deployment_with_real_grpo_train(stack):
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
     report = stack.artifact(run_id)
     assert "2 steps, exit code 0" in report and "| preflight | ok |" in report and "| delete | ok |" in report
-    # Each smoke run fetches into results_dir/<node name of its flow run>; the other tests of
-    # this module share results_dir, so read this run's file only.
-    metrics = list((stack.results / node_name(run_id)).rglob("metrics.jsonl"))
+    metrics = list(stack.run_results(run_id).rglob("metrics.jsonl"))
     assert len(metrics) == 1, metrics
     rows = [json.loads(line) for line in metrics[0].read_text().splitlines()]
     assert len({row["step"] for row in rows}) == 2  # grpo train counts steps from 0
