@@ -54,10 +54,11 @@ def test_local_vm_full_cycle(tmp_path):
     assert secret.read_text() == "sekret" and stat.S_IMODE(secret.stat().st_mode) == 0o600
     train = scripts.train_command("cfg.yaml", ["train.steps=2"], ("repo/tests/tpu/fake_job.py",), {"FAKE_JOB_STEP_S": "0"})
     run_ok(provider, node, scripts.launch_command(train))
-    status = wait_done(provider, node, worker=1)
-    assert status["exit_code"] == 0 and status["last_step"] == 2
-    provider.copy_from(node, scripts.LOG_FILE, str(tmp_path / "out" / "train.log"))
-    assert "wandb_key=present" in (tmp_path / "out" / "train.log").read_text()
+    for worker in (0, 1):  # each worker runs its own job; read a log only once its job ended
+        status = wait_done(provider, node, worker=worker)
+        assert status["exit_code"] == 0 and status["last_step"] == 2
+        provider.copy_from(node, scripts.LOG_FILE, str(tmp_path / "out" / f"train{worker}.log"), worker=worker)
+        assert "wandb_key=present" in (tmp_path / "out" / f"train{worker}.log").read_text()
     assert [n.name for n in provider.list({"grpo-flows": "smoke"})] == ["vm-1"]
     assert provider.delete("vm-1") and not (tmp_path / "vms" / "vm-1").exists() and not provider.delete("vm-1")
 
