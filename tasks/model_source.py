@@ -48,6 +48,8 @@ def check_model_source(section) -> None:
         _check_random(section)
     else:
         model_directory(section.name_or_path)
+    if section.tokenizer not in (None, "byte"):
+        make_chat_tokenizer(section.tokenizer)
 
 
 def _random_model(section, seed: int, mesh, chat_template) -> Model:

@@ -89,12 +89,15 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def check_before_start(cfg: RunConfig, run_dir: Path) -> None:
-    """Errors a user can fix, found before Prefect starts: a run directory in use or holding
-    another run's config, or a model that cannot be found."""
+    """Errors a user can fix, found before Prefect starts: a run directory that cannot be
+    written, is in use or holds another run's config, a model or tokenizer that cannot be
+    found, a data file that is missing or malformed."""
     writable_dir(run_dir, "--run-dir")
     RunLock(run_dir, jax.process_index()).release()
     _check_same_run(run_dir, cfg)
     check_model_source(cfg.model)
+    if cfg.data.source != "gsm8k":  # local data is cheap to read; the hub download waits for the run
+        make_prompt_stream(cfg.data)
 
 
 class TrainSession:

@@ -45,6 +45,14 @@ def test_run_directory_that_cannot_be_created(tmp_path):
     assert (tmp_path / "taken").read_text() == "a file the user keeps"
 
 
+def test_missing_data_file_and_tokenizer_fail_before_prefect_starts(tmp_path):
+    result = train(tmp_path, f"data.source={tmp_path}/nope.jsonl")
+    assert_one_line_error(result, "data.source", "nope.jsonl")
+    result = train(tmp_path, f"model.tokenizer={tmp_path}/no-tokenizer")
+    assert_one_line_error(result, "model.tokenizer", "no-tokenizer")
+    assert not (tmp_path / "run" / "prefect").exists()  # refused before the flow made its cache
+
+
 def test_run_directory_in_use(tmp_path):
     (tmp_path / "run").mkdir()
     lock = RunLock(tmp_path / "run")
