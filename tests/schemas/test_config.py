@@ -133,3 +133,7 @@ def test_missing_or_broken_config_file(tmp_path):
     bad.write_text("rollout: [1,\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_run_config(bad)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00model")
+    with pytest.raises(UserError, match="binary.yaml is not UTF-8 text"):
+        load_run_config(binary)
