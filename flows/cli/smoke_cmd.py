@@ -15,23 +15,43 @@ def _relative_config(path: str, repo: Path) -> str:
         raise UserError(f"config {path} is outside the repository {repo}; the VM reads it from the synced commit") from None
 
 
+# The command-line flag behind each field of TpuRequest / SmokeTimeouts, for error messages.
+FLAGS = {"accelerator_type": "--accelerator", "runtime_version": "--runtime-version", "zones": "--zones",
+         "project": "--project", "workers": "--workers", "local_root": "--local-root", "job_s": "--job-timeout"}
+
+
+def _validated(model, **fields):
+    """`model(**fields)` (None fields left at their defaults); a bad value is a UserError naming its flag."""
+    from pydantic import ValidationError
+
+    from grpo_core.errors import UserError
+
+    try:
+        return model(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        raise UserError(f"{FLAGS.get(field, field)}={fields.get(field)!r} is not allowed: {error['msg']}") from None
+
+
 def _tpu_request(args: argparse.Namespace):
     from tpu.spec import TpuRequest
 
-    fields = {"accelerator_type": args.accelerator, "runtime_version": args.runtime_version, "spot": not args.no_spot,
-              "project": args.project, "workers": args.workers, "local_root": args.local_root}
-    if args.zones:
-        fields["zones"] = [z.strip() for z in args.zones.split(",") if z.strip()]
-    return TpuRequest(**{k: v for k, v in fields.items() if v is not None})
+    zones = [z.strip() for z in args.zones.split(",") if z.strip()] if args.zones is not None else None
+    return _validated(TpuRequest, accelerator_type=args.accelerator, runtime_version=args.runtime_version,
+                      spot=not args.no_spot, project=args.project, workers=args.workers, local_root=args.local_root,
+                      zones=zones)
 
 
 def smoke(args: argparse.Namespace) -> int:
     from tpu import scripts
     from tpu.repo import PROJECT_ROOT, resolve_checkout
+    from tpu.spec import SmokeTimeouts
 
     repo = Path(args.repo).resolve() if args.repo else PROJECT_ROOT
     config = _relative_config(args.config, repo)
     tpu = _tpu_request(args)
+    timeouts = _validated(SmokeTimeouts, job_s=args.job_timeout)
     if args.dry_run:
         from tpu.plan import smoke_plan
 
@@ -41,9 +61,7 @@ def smoke(args: argparse.Namespace) -> int:
         return 0
     from flows.smoke import smoke_flow
     from tasks.tpu import SmokeFailed
-    from tpu.spec import SmokeTimeouts
 
-    timeouts = SmokeTimeouts(job_s=args.job_timeout) if args.job_timeout else SmokeTimeouts()
     try:
         result = smoke_flow(provider=args.provider, config=config, overrides=args.overrides, tpu=tpu, commit=args.commit,
                             timeouts=timeouts, preflight=not args.no_preflight, source_repo=str(repo))

@@ -31,3 +31,13 @@ def test_smoke_refuses_dirty_tree_and_unpushed_commit(tmp_path):
     (tmp_path / "src" / "cfg.yaml").write_text("train: {steps: 9}\n")
     dirty = grpo("smoke", "--provider", "local", "--repo", str(tmp_path / "src"), "--config", cfg, "--dry-run")
     assert dirty.returncode == 2 and "uncommitted changes (cfg.yaml)" in dirty.stderr
+
+
+def test_bad_flag_values_name_the_flag(tmp_path):
+    make_repo(tmp_path / "src", with_origin=True)
+    base = ("smoke", "--provider", "gcp", "--repo", str(tmp_path / "src"), "--config", str(tmp_path / "src" / "cfg.yaml"),
+            "--project", "proj", "--dry-run")
+    for flag, value in (("--zones", ","), ("--accelerator", "V6E-8"), ("--job-timeout", "0")):
+        out = grpo(*base, flag, value)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert out.stderr.startswith(f"error: {flag}=") and out.stderr.count("\n") == 1
