@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import positive_int
+
 QUESTIONS = [
     "What is the capital of France?",
     "Explain photosynthesis in two sentences.",
@@ -136,9 +138,9 @@ def print_table(report: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="HF-format SmolLM2 dir (default: `grpo models pull` cache)")
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompts", type=positive_int, default=8)
+    parser.add_argument("--new-tokens", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decode_cpu.json"))
     args = parser.parse_args(argv)
     if args.model_dir is None:

@@ -22,6 +22,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import positive_int  # noqa: E402
 from benchmarks.gpu_suite import best_seconds, build_model, matmul_flops, update_step  # noqa: E402
 from benchmarks.op_profile import format_ops, summarize, top_ops, trace_events  # noqa: E402
 from benchmarks.update_flops import model_flops  # noqa: E402
@@ -48,11 +49,11 @@ def describe(profile: dict, hlo_text: str, width: int = 160) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-1.5b")
-    parser.add_argument("--sequences", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--update-batch", type=int, default=8)
-    parser.add_argument("--update-seq", type=int, default=1024)
-    parser.add_argument("--update-micro-batches", type=int, default=2)
+    parser.add_argument("--sequences", type=positive_int, default=256)
+    parser.add_argument("--new-tokens", type=positive_int, default=64)
+    parser.add_argument("--update-batch", type=positive_int, default=8)
+    parser.add_argument("--update-seq", type=positive_int, default=1024)
+    parser.add_argument("--update-micro-batches", type=positive_int, default=2)
     parser.add_argument("--update-only", action="store_true", help="skip the decode profile")
     parser.add_argument("--out", help="also write the update's kernel profile here as JSON")
     args = parser.parse_args(argv)

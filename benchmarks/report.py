@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import positive_int
+
 RESULTS_DIR = Path(__file__).parent / "results"
 PACKAGES = ("jax", "jaxlib", "torch", "transformers", "trl", "prefect")
 
@@ -135,7 +137,7 @@ def steps_cli(doc: str, run, print_table, argv=None) -> dict:
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="steps per side, warm-up included")
+    parser.add_argument("--steps", type=positive_int, default=4, help="steps per side, warm-up included")
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args(argv)
     result = run(args.steps, args.warmup)

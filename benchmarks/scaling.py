@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from benchmarks import positive_int
 from benchmarks.report import RESULTS_DIR, fit_power_law, write_result
 
 FULL = {"batch": {"values": [1, 2, 4, 8], "fixed": 64}, "length": {"values": [32, 64, 128, 256], "fixed": 2}}
@@ -135,7 +136,7 @@ def print_table(result: dict) -> None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter points")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=positive_int, default=None)
     args = parser.parse_args(argv)
     result = run(args.quick, args.repeats)
     print_table(result)

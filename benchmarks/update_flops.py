@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import positive_int
 from grpo_core.models.config import PRESETS, ModelConfig
 from grpo_core.models.decoder import init_params, param_logical_axes
 from grpo_core.sharding import make_mesh, shard_params
@@ -153,7 +154,7 @@ def parse_args(argv=None):
     for name, default in [("batch", 8), ("seq", 256), ("layers", 4), ("hidden", 512),
                           ("mlp", 1536), ("head_dim", 64), ("vocab", 8192),
                           ("micro_batches", 1), ("matmul_n", 2048), ("repeats", 5)]:
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=default)
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=positive_int, default=default)
     p.add_argument("--remat", action="store_true", help="recompute layers in the backward pass")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
