@@ -203,10 +203,36 @@ def _project_qkv(p: dict, x: jax.Array, positions_bt: jax.Array, cfg: ModelConfi
     return apply_rope(q, positions_bt, cfg.rope_theta), apply_rope(k, positions_bt, cfg.rope_theta), v
 
 
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up, whose gradient keeps only `gate` and `up` for the backward pass.
+
+    Autodiff of `jax.nn.silu(gate) * up` saves four [B, T, F] residuals per layer (the
+    sigmoid, its complement, products); each is written in the forward and read back,
+    and on CPU each read sits in the backward's transposing fusion (see RESULTS.md). Here
+    the sigmoid is recomputed in the backward from the two inputs.
+    """
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(saved, g):
+    gate, up = saved
+    s = jax.nn.sigmoid(gate)
+    silu = gate * s
+    return g * up * (s + silu * (1 - s)), g * silu  # d silu/dx = s + x s (1 - s)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def _mlp(p: dict, x: jax.Array) -> jax.Array:
     gate = jnp.einsum("btd,df->btf", x, p["w_gate"])
     up = jnp.einsum("btd,df->btf", x, p["w_up"])
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"])
+    return jnp.einsum("btf,fd->btd", swiglu(gate, up), p["w_down"])
 
 
 def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, cached, heads_major: bool = False):

@@ -113,3 +113,17 @@ def test_logits_match_hf_transformers(name):
     assert ours.dtype == np.float32 and ours.shape == ref.shape
     assert np.abs(ours - ref)[mask].max() <= 1e-4
     assert np.abs(ref).max() > 1.0  # the random weights give non-trivial logits
+
+
+def test_swiglu_gradient_matches_autodiff_of_the_plain_expression():
+    from grpo_core.models.decoder import swiglu
+
+    gate, up, g = jax.random.normal(jax.random.key(0), (3, 4, 7, 33)) * 4.0  # tails where the sigmoid saturates
+    plain = lambda a, b: jnp.sum((jax.nn.silu(a) * b) * g)
+    ours = lambda a, b: jnp.sum(swiglu(a, b) * g)
+    assert np.allclose(swiglu(gate, up), jax.nn.silu(gate) * up)
+    for want, got in zip(jax.grad(plain, (0, 1))(gate, up), jax.grad(ours, (0, 1))(gate, up)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    from jax.test_util import check_grads  # finite differences as a third opinion
+
+    check_grads(swiglu, (gate[0, :2], up[0, :2]), order=1, modes=("rev",), eps=1e-3)
