@@ -229,9 +229,44 @@ def _swiglu_bwd(saved, g):
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
+@jax.custom_vjp
+def gate_up(x: jax.Array, w_gate: jax.Array, w_up: jax.Array):
+    """The MLP's two input projections x @ w_gate, x @ w_up ([B, T, D] -> two [B, T, F]).
+
+    Same values and gradients as the two einsums; what differs is how the weight gradients
+    x^T @ d_gate and x^T @ d_up are laid out on CPU. Both operands have the token axis
+    first, so one must be transposed for the matmul; left alone, XLA's CPU backend
+    transposes the F-wide d_gate and d_up, each inside an elementwise fusion whose strided
+    writes made them ~15% of the whole update (profile in benchmarks/RESULTS.md). Here x
+    (D wide, 2.7x narrower for SmolLM2) is transposed once and serves both products; the
+    optimization barrier keeps XLA from folding that transpose back into the matmuls.
+    """
+    return jnp.einsum("btd,df->btf", x, w_gate), jnp.einsum("btd,df->btf", x, w_up)
+
+
+def _gate_up_fwd(x, w_gate, w_up):
+    return gate_up(x, w_gate, w_up), (x, w_gate, w_up)
+
+
+def _gate_up_bwd(saved, grads):
+    x, w_gate, w_up = saved
+    d_gate, d_up = grads
+    if jax.default_backend() == "cpu":
+        x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [D, B*T]
+        d_w_gate = jnp.dot(x_t, d_gate.reshape(-1, d_gate.shape[-1])).astype(w_gate.dtype)
+        d_w_up = jnp.dot(x_t, d_up.reshape(-1, d_up.shape[-1])).astype(w_up.dtype)
+    else:  # GPU and TPU matmuls take transposed operands as they are
+        d_w_gate = jnp.einsum("btd,btf->df", x, d_gate).astype(w_gate.dtype)
+        d_w_up = jnp.einsum("btd,btf->df", x, d_up).astype(w_up.dtype)
+    d_x = jnp.einsum("btf,df->btd", d_gate, w_gate) + jnp.einsum("btf,df->btd", d_up, w_up)
+    return d_x, d_w_gate, d_w_up
+
+
+gate_up.defvjp(_gate_up_fwd, _gate_up_bwd)
+
+
 def _mlp(p: dict, x: jax.Array) -> jax.Array:
-    gate = jnp.einsum("btd,df->btf", x, p["w_gate"])
-    up = jnp.einsum("btd,df->btf", x, p["w_up"])
+    gate, up = gate_up(x, p["w_gate"], p["w_up"])
     return jnp.einsum("btf,fd->btd", swiglu(gate, up), p["w_down"])
 
 
