@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import positive_int
+from flows.cli.main import positive_int
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -22,7 +22,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import positive_int  # noqa: E402
+from flows.cli.main import positive_int  # noqa: E402
 from benchmarks.gpu_suite import best_seconds, build_model, matmul_flops, update_step  # noqa: E402
 from benchmarks.op_profile import format_ops, summarize, top_ops, trace_events  # noqa: E402
 from benchmarks.update_flops import model_flops  # noqa: E402

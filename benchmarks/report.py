@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import positive_int
+from flows.cli.main import positive_int
 
 RESULTS_DIR = Path(__file__).parent / "results"
 PACKAGES = ("jax", "jaxlib", "torch", "transformers", "trl", "prefect")

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from benchmarks import positive_int
+from flows.cli.main import positive_int
 from benchmarks.report import RESULTS_DIR, fit_power_law, write_result
 
 FULL = {"batch": {"values": [1, 2, 4, 8], "fixed": 64}, "length": {"values": [32, 64, 128, 256], "fixed": 2}}

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import positive_int
+from flows.cli.main import positive_int
 from grpo_core.models.config import PRESETS, ModelConfig
 from grpo_core.models.decoder import init_params, param_logical_axes
 from grpo_core.sharding import make_mesh, shard_params

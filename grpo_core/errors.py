@@ -30,8 +30,11 @@ def writable_dir(path, flag: str):
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else (exc.strerror or str(exc)).lower()
-        raise UserError(f"{flag} {path} cannot be created as a directory ({reason}); pass a directory you can write") from None
+        in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
+        reason = "a file is in the way" if in_the_way else (exc.strerror or str(exc)).lower()
+        raise UserError(
+            f"{flag} {path} cannot be created as a directory ({reason}); pass a directory you can write"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path} is not writable by this user; pass a directory you can write")
     return path

@@ -20,7 +20,7 @@ from grpo_core import phases
 from grpo_core.artifacts import atomic_write_bytes
 from grpo_core.checkpoint import Checkpoints
 from grpo_core.data import make_prompt_stream
-from grpo_core.errors import UserError, writable_dir
+from grpo_core.errors import UserError
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
 from grpo_core.sharding import make_mesh
@@ -89,14 +89,13 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def check_before_start(cfg: RunConfig, run_dir: Path) -> None:
-    """Errors a user can fix, found before Prefect starts: a run directory that cannot be
-    written, is in use or holds another run's config, a model or tokenizer that cannot be
-    found, a data file that is missing or malformed."""
-    writable_dir(run_dir, "--run-dir")
+    """Errors a user can fix, found before Prefect starts: a run directory in use or holding
+    another run's config, a model or tokenizer that cannot be found, a data file that is
+    missing or malformed. `run_dir` exists already (`grpo_core.errors.writable_dir`)."""
     RunLock(run_dir, jax.process_index()).release()
     _check_same_run(run_dir, cfg)
     check_model_source(cfg.model)
-    if cfg.data.source != "gsm8k":  # local data is cheap to read; the hub download waits for the run
+    if cfg.data.source not in ("synthetic", "gsm8k"):  # a local file; the hub download waits for the run
         make_prompt_stream(cfg.data)
 
 
