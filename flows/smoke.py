@@ -77,11 +77,16 @@ def smoke_flow(
     job_env: dict[str, str] | None = None,
     job_command: list[str] | None = None,
     preflight: bool = True,
+    compile_check: bool = True,
     source_repo: str | None = None,
     results_dir: str = "runs/smoke",
     wandb_secret_block: str | None = None,
 ) -> dict:
-    """Smoke-test `commit` (default HEAD) with `config` (a path in the repo) on a fresh VM."""
+    """Smoke-test `commit` (default HEAD) with `config` (a path in the repo) on a fresh VM.
+
+    preflight: check the config fits before renting; compile_check: and compile its programs
+    for the slice with XLA on this worker (`grpo preflight --compile`, needs the tpu extra),
+    so no VM is rented for a config that does not compile or fit."""
     overrides = list(overrides or [])
     report = StageReport(f"tpu-smoke: {tpu.accelerator_type} via {provider}")
     backend = make_provider(provider, tpu)
@@ -95,7 +100,9 @@ def smoke_flow(
     results = Path(results_dir) / node_name(str(current_run.id or uuid.uuid4()))
     try:
         with report.stage("preflight") as stage:
-            stage.note = run_preflight(config_text, overrides, tpu.accelerator_type) if preflight else "disabled"
+            stage.note, report.sections["XLA's memory per device (compiled for the slice on the worker)"] = (
+                run_preflight(config_text, overrides, tpu.accelerator_type, compile_check) if preflight
+                else ("disabled", ""))
             stage.outcome = "skipped" if "unavailable" in stage.note or not preflight else "ok"
         with tpu_slot(tpu.accelerator_type):
             outcome = _run_on_vm(backend, tpu, checkout, train_argv, steps, timeouts, results, wandb_secret_block, report)

@@ -68,7 +68,8 @@ OPTIMIZER_MOMENTS = {"lion": 1, "adamw": 2, "sgd": 0}
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
-    """One slice type: chips (= JAX devices) and hosts per slice, HBM per chip."""
+    """One slice type: chips (= JAX devices) and hosts per slice, HBM per chip, and for TPUs
+    the topology libtpu's compile-only client builds the slice from (grpo_core.aot)."""
 
     name: str
     kind: str  # "tpu" | "gpu"
@@ -77,6 +78,9 @@ class Accelerator:
     hbm_gib: float
     reserved_gib: float = 0.0
     usable_fraction: float = 1.0
+    topology: str = ""  # e.g. "v6e:2x4"
+    chip_config: str = "default"
+    host_bounds: tuple[int, int, int] = (1, 1, 1)
 
     @property
     def capacity_bytes(self) -> int:
@@ -84,31 +88,53 @@ class Accelerator:
         return int((self.hbm_gib * self.usable_fraction - self.reserved_gib) * GIB)
 
 
-def _tpu(name, chips, hosts, hbm_gib) -> Accelerator:
-    # v6e reports bytes_limit = 31.25 GiB of its 32 GiB; the same reservation is assumed elsewhere.
-    return Accelerator(name, "tpu", chips, hosts, hbm_gib, reserved_gib=0.75)
+# 2D slices (v5e, v6e): chips -> topology; a single host holds up to 8 chips, hosts of
+# multi-host slices 4 (2x2). 3D slices (v4, v5p): names count TensorCores (2 per chip, one
+# JAX device per chip in megacore mode), 4 chips per host.
+_GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8"}
+
+
+def _tpu_2d(prefix: str, generation: str, hbm_gib: float) -> list[Accelerator]:
+    out = []
+    for chips, grid in _GRID_2D.items():
+        hosts = 1 if chips <= 8 else chips // 4
+        bounds = {1: (1, 1, 1), 4: (2, 2, 1), 8: (2, 4, 1)}.get(chips, (2, 2, 1))
+        # v6e reports bytes_limit = 31.25 GiB of its 32 GiB; the same reservation is assumed elsewhere.
+        out.append(Accelerator(f"{prefix}-{chips}", "tpu", chips, hosts, hbm_gib, reserved_gib=0.75,
+                               topology=f"{generation}:{grid}", host_bounds=bounds))
+    return out
+
+
+def _tpu_3d(prefix: str, generation: str, hbm_gib: float) -> list[Accelerator]:
+    return [Accelerator(f"{prefix}-{2 * chips}", "tpu", chips, max(1, chips // 4), hbm_gib, reserved_gib=0.75,
+                        topology=f"{generation}:{grid}", chip_config="megacore", host_bounds=(2, 2, 1))
+            for chips, grid in _GRID_3D.items()]
 
 
 def _gpu(name, chips, hbm_gib) -> Accelerator:
     return Accelerator(name, "gpu", chips, 1, hbm_gib, usable_fraction=0.75)
 
 
-# v4/v5p names count TensorCores (2 per chip, one JAX device per chip); v5e/v6e count chips.
 ACCELERATORS: dict[str, Accelerator] = {a.name: a for a in (
-    _tpu("v4-8", 4, 1, 32), _tpu("v4-16", 8, 2, 32), _tpu("v4-32", 16, 4, 32),
-    _tpu("v5litepod-4", 4, 1, 16), _tpu("v5litepod-8", 8, 1, 16), _tpu("v5litepod-16", 16, 4, 16),
-    _tpu("v5p-8", 4, 1, 95), _tpu("v5p-16", 8, 2, 95),
-    _tpu("v6e-1", 1, 1, 32), _tpu("v6e-4", 4, 1, 32), _tpu("v6e-8", 8, 1, 32),
-    _tpu("v6e-16", 16, 4, 32), _tpu("v6e-32", 32, 8, 32),
+    *_tpu_3d("v4", "v4", 32), *_tpu_2d("v5litepod", "v5e", 16), *_tpu_3d("v5p", "v5", 95),
+    *_tpu_2d("v6e", "v6e", 32),
     _gpu("h100", 1, 79.6), _gpu("h100-8", 8, 79.6), _gpu("h200", 1, 140.4), _gpu("h200-8", 8, 140.4),
 )}
+# Cloud TPU's own names for v5e slices are v5litepod-N; "v5e-N" is what people type.
+_ALIASES = {f"v5e-{a.chips}": a.name for a in ACCELERATORS.values() if a.name.startswith("v5litepod-")}
 
 
 def get_accelerator(name: str) -> Accelerator:
     """Table entry for `name` (case-insensitive), or a UserError listing the known names."""
     key = name.strip().lower()
+    key = _ALIASES.get(key, key)
     if key not in ACCELERATORS:
-        raise UserError(f"unknown accelerator {name!r}; use one of {', '.join(ACCELERATORS)}")
+        tpus = sorted({a.name.rsplit("-", 1)[0] for a in ACCELERATORS.values() if a.kind == "tpu"})
+        raise UserError(
+            f"unknown accelerator {name!r}; use a TPU slice {'/'.join(tpus)} (or v5e) with its size, e.g. "
+            f"v6e-8, v6e-16, v5e-8, v5p-8, v4-8, or a GPU: "
+            f"{', '.join(a.name for a in ACCELERATORS.values() if a.kind == 'gpu')}")
     return ACCELERATORS[key]
 
 
@@ -212,21 +238,30 @@ def _shard_shape(names, shape, mesh_sizes: dict[str, int]) -> tuple[int, ...]:
 
 
 def param_bytes_per_device(w: Workload, itemsize: int) -> int:
-    """Bytes one device holds of a params-shaped tree stored with `itemsize` bytes per element."""
+    """Bytes one device holds of a params-shaped tree stored with `itemsize` bytes per element.
+
+    Not padded to TPU tiles: XLA picks the layouts of the parameters (checked against
+    grpo_core.aot.resident_bytes: Qwen2.5 0.5B-7B params on v6e-8 take their raw size).
+    """
     shapes, axes = param_shapes(w.model), param_logical_axes(w.model)
     pairs = [(shapes[k], axes[k]) for k in shapes if k != "layers"]
     pairs += [(shapes["layers"][k], axes["layers"][k]) for k in shapes["layers"]]
-    return sum(padded_bytes(_shard_shape(n, s, w.mesh_sizes), itemsize, w.tpu_tiles) for s, n in pairs)
+    return sum(math.prod(_shard_shape(n, s, w.mesh_sizes)) * itemsize for s, n in pairs)
 
 
-def _gathered_weights(w: Workload) -> int:
-    """All-gather buffers when params are split: two layers plus the embedding/LM head."""
+def _layer_weights(m: ModelConfig) -> int:
+    """Parameters of one decoder layer (everything but the embedding and the LM head)."""
+    return (m.num_params - m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2)) // m.num_hidden_layers
+
+
+def _gathered_weights(w: Workload, head: bool = True) -> int:
+    """All-gather buffers when params are split: two layers (the one computing and the next,
+    prefetched), plus the embedding/LM head when `head` (the update's backward gathers it;
+    the sampler multiplies by its local shard and reduces the logits instead)."""
     if w.mesh_sizes.get("fsdp", 1) * w.tp == 1:
         return 0
     m = w.model
-    layer = m.num_params - m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2)
-    layer //= m.num_hidden_layers
-    return (2 * layer + m.vocab_size * m.hidden_size) * w.param_bytes // w.tp
+    return (2 * _layer_weights(m) + (m.vocab_size * m.hidden_size if head else 0)) * w.param_bytes // w.tp
 
 
 def _resident(w: Workload) -> dict[str, int]:
@@ -263,17 +298,21 @@ def _layer_activations(m: ModelConfig, rows: int, t: int, s: int, pb: int, tp: i
 
 
 def _kv_cache(w: Workload, rows: int, length: int) -> int:
-    """k and v caches [L, rows, length, Nkv, Hd] in param dtype (kv heads split over tp)."""
+    """k and v caches [L, rows, length, Nkv, Hd] in param dtype (kv heads split over tp).
+
+    On TPU XLA stores them as [L, rows, Nkv, length, Hd] tiles over (length, Hd), so only
+    Hd pads (to 128 lanes) and `length` to whole tiles; the kv heads are not padded.
+    """
     m = w.model
     kv_heads = m.num_key_value_heads // math.gcd(m.num_key_value_heads, w.tp)
-    shape = (m.num_hidden_layers, rows, length, kv_heads, m.head_dim)
+    shape = (m.num_hidden_layers, rows, kv_heads, length, m.head_dim)
     return 2 * padded_bytes(shape, w.param_bytes, w.tpu_tiles)
 
 
 def _rollout_base(w: Workload) -> dict[str, int]:
     seqs = w.sampler_prompts_per_device * w.group_size
     parts = _resident(w)
-    parts["gathered weights"] = _gathered_weights(w)
+    parts["gathered weights"] = _gathered_weights(w, head=False)
     parts["kv cache"] = _kv_cache(w, seqs, w.prompt_slots + w.new_tokens)
     return parts
 
@@ -283,6 +322,7 @@ def prefill_components(w: Workload) -> dict[str, int]:
     m, pb, prompts, slots = w.model, w.param_bytes, w.sampler_prompts_per_device, w.prompt_slots
     parts = _rollout_base(w)
     parts["prompt cache"] = _kv_cache(w, prompts, slots)
+    parts["repeated prompt cache"] = _kv_cache(w, prompts * w.group_size, slots)
     parts["prefill activations"] = (prompts * slots * m.hidden_size * pb
                                     + _layer_activations(m, prompts, slots, slots, pb, w.tp))
     return parts

@@ -95,6 +95,11 @@ def _bucket(length: int, multiple: int) -> int:
     return max(multiple, -(-length // multiple) * multiple)
 
 
+def update_width(longest_prompt: int, max_new_tokens: int, prompt_bucket: int = 16) -> int:
+    """Columns of the train batch (`update_batch`): the prompt bucketed, then the completion slots."""
+    return _bucket(longest_prompt, prompt_bucket) + max_new_tokens
+
+
 def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, pad_id: int,
                  prompt_bucket: int = 16, prompt_width: int | None = None) -> dict[str, np.ndarray]:
     """Padded train-step arrays [B, T]: left-padded prompt, then completion, then right padding.
@@ -106,8 +111,8 @@ def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, p
     """
     prompts = rollout.column("prompt_ids").to_pylist()
     completions = rollout.column("completion_ids").to_pylist()
-    width = _bucket(max(prompt_width or 0, *(len(p) for p in prompts)), prompt_bucket)
-    total = width + max_new_tokens
+    total = update_width(max(prompt_width or 0, *(len(p) for p in prompts)), max_new_tokens, prompt_bucket)
+    width = total - max_new_tokens
     tokens = np.full((len(prompts), total), pad_id, np.int32)
     attn = np.zeros_like(tokens)
     completion_mask = np.zeros_like(tokens)

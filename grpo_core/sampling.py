@@ -26,7 +26,7 @@ from grpo_core.models.decoder import (
     KVCache, decode_step, forward, kv_cache_axes, logits_from_hidden, positions_from_mask,
     split_layers,
 )
-from grpo_core.sharding import batch_shards, batch_sharding, constrain, fetch_global, put_global
+from grpo_core.sharding import batch_shards, batch_sharding, constrain, fetch_global, put_global, replicated
 
 # Incremented each time the generate function is traced (compiled); tests assert reuse.
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -297,23 +297,47 @@ def _check_args(prompts, max_new_tokens: int, temperature: float, top_p: float, 
         raise UserError("temperature must be >= 0 (0 = greedy) and top_p in (0, 1] (1 = off).")
 
 
+def sampler_rows(num_prompts: int, mesh) -> int:
+    """Prompt rows the sampler compiles for: the count bucketed, then padded to the batch shards."""
+    shards = batch_shards(mesh)
+    return -(-bucket(num_prompts) // shards) * shards
+
+
+def sampling_spec(model, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, stop_at_eos=True, n=1,
+                  mesh=None, unroll_layers=None, heads_major=None) -> SamplingSpec:
+    """The static settings of a call; decode path and cache layout follow the mesh's platform."""
+    unroll_layers = _unroll_layers(mesh) if unroll_layers is None else bool(unroll_layers)
+    heads_major = _heads_major(mesh) if heads_major is None else bool(heads_major)
+    return SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
+                        top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
+                        pad_id=model.pad_token_id, unroll_layers=unroll_layers, heads_major=heads_major)
+
+
 def generate_inputs(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, stop_at_eos=True, n=1,
                     mesh=None, unroll_layers=None, heads_major=None):
     """(tokens, mask, spec, mesh): the jitted sampler's inputs for a `generate` call with
     these arguments (prompts padded to the bucketed shapes, placed on the mesh)."""
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
     mesh = model.mesh if mesh is None else mesh
-    shards = batch_shards(mesh)
-    rows = -(-bucket(len(prompts)) // shards) * shards
+    rows = sampler_rows(len(prompts), mesh)
     tokens, mask = _left_pad(prompts, rows, prompt_slots(max(len(p) for p in prompts)), model.pad_token_id)
     if mesh is not None:
         tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
-    unroll_layers = _unroll_layers(mesh) if unroll_layers is None else bool(unroll_layers)
-    heads_major = _heads_major(mesh) if heads_major is None else bool(heads_major)
-    spec = SamplingSpec(max_new_tokens=max_new_tokens, temperature=float(temperature), top_p=float(top_p),
-                        top_k=int(top_k), n=n, stop_at_eos=stop_at_eos, eos_ids=tuple(model.eos_token_ids),
-                        pad_id=model.pad_token_id, unroll_layers=unroll_layers, heads_major=heads_major)
+    spec = sampling_spec(model, max_new_tokens, temperature, top_p, top_k, stop_at_eos, n, mesh,
+                         unroll_layers, heads_major)
     return tokens, mask, spec, mesh
+
+
+def lower_generate(model, num_prompts: int, longest_prompt: int, mesh, **spec_args):
+    """The sampler's program for `num_prompts` prompts of up to `longest_prompt` tokens, lowered
+    with abstract inputs (model.params may be ShapeDtypeStructs): what `generate` compiles for
+    such a call, e.g. for a device that is not here (grpo_core.aot)."""
+    rows, width = sampler_rows(num_prompts, mesh), prompt_slots(longest_prompt)
+    tokens = jax.ShapeDtypeStruct((rows, width), jnp.int32, sharding=batch_sharding(mesh))
+    mask = jax.ShapeDtypeStruct((rows, width), jnp.bool_, sharding=batch_sharding(mesh))
+    spec = sampling_spec(model, mesh=mesh, **spec_args)
+    seed = jax.ShapeDtypeStruct((), jnp.uint32, sharding=replicated(mesh))
+    return _generate_jit.lower(model.params, tokens, mask, seed, cfg=model.config, spec=spec, mesh=mesh)
 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,

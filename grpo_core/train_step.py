@@ -14,7 +14,8 @@ between them.
 
 Shared prompts (group_size > 1, the pipeline's default with rollout.n): the n rows of a
 GRPO group have the same prompt, so the prompt columns are run once per group and the
-completions attend to its keys/values (`sequence_logps`); same gradients, prompt FLOPs / n.
+completions attend to its keys/values (`sequence_logps`); same gradients, prompt FLOPs / n
+(or / gcd(n, rows per device per micro-batch) when a device holds part of a group).
 
 Log-prob convention (shared with the sampler): logps_bt[b, t] = log p(tokens[b, t] |
 tokens[b, :t]) from log_softmax(logits / temperature), 0 at t = 0. completion_mask_bt
@@ -26,6 +27,8 @@ epochs. Reference log-probs (beta > 0): from "ref_logps_bt" in the batch, else o
 forward of `ref_params` per micro-batch in the first epoch, kept likewise.
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -179,11 +182,25 @@ class Trainer:
     def init_opt_state(self, params):
         """Optimizer state; leaves that mirror params are sharded like them, the rest
         (counters, scalars) replicated. jit alone would leave the moments unsharded."""
+        return jax.jit(self.optimizer.init, out_shardings=self._opt_shardings(params))(params)
+
+    def abstract_opt_state(self, params):
+        """ShapeDtypeStructs of `init_opt_state(params)`, with its shardings (params may be abstract)."""
         abstract = jax.eval_shape(self.optimizer.init, params)
-        shardings = optax.tree_utils.tree_map_params(
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, self._opt_shardings(params))
+
+    def _opt_shardings(self, params):
+        abstract = jax.eval_shape(self.optimizer.init, params)
+        return optax.tree_utils.tree_map_params(
             self.optimizer, lambda _, p: p.sharding, abstract, params,
             transform_non_params=lambda _: replicated(self.mesh))
-        return jax.jit(self.optimizer.init, out_shardings=shardings)(params)
+
+    def lower(self, params, opt_state, batch: dict, ref_params=None):
+        """The step's program lowered for these (possibly abstract) inputs, e.g. to compile it
+        for a device that is not here (grpo_core.aot); `step` runs the same program."""
+        self._check_batch(batch, ref_params)
+        return self._compile(params, opt_state).lower(params, opt_state, batch, ref_params)
 
     def shard_batch(self, local_batch: dict) -> dict:
         """Global arrays sharded over the batch axes from this process's rows [B_local, ...].
@@ -255,12 +272,15 @@ class Trainer:
         return params, opt_state, metrics
 
     def _shared_group(self, rows: int) -> int:
-        """Group size the forward shares prompts over: group_size when each micro-batch
-        holds whole groups whose count splits over the batch shards, else 1 (no sharing)."""
-        n, m = self.group_size, self.micro_batches
-        if n <= 1 or self.score_last is None or rows % (m * n) or (rows // (m * n)) % batch_shards(self.mesh):
+        """How many consecutive rows share one prompt forward: gcd(group_size, rows per device
+        per micro-batch). Such a run of rows lies inside one GRPO group and on one device, so
+        each device runs one prompt per run of its own rows; a whole group when the device
+        holds it, else part of one (e.g. 4 rows of a group of 8 on v6e-8 with 4 rows per
+        device: prompt FLOPs / 4). 1 = no sharing."""
+        n, m, shards = self.group_size, self.micro_batches, batch_shards(self.mesh)
+        if n <= 1 or self.score_last is None or rows % (m * shards):
             return 1
-        return n
+        return math.gcd(n, rows // (m * shards))
 
     def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep, group: int = 1):
         """Gradient (float32) and token-weighted metrics summed over the micro-batches."""

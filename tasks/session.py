@@ -104,19 +104,12 @@ class TrainSession:
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_dir.resolve().name
         self.num_processes, self.process_index = jax.process_count(), jax.process_index()
         self.derived = cfg.derive(self.num_processes, jax.device_count())
-        self.mesh = make_mesh(_mesh_shape(cfg))
+        self.mesh = make_mesh(mesh_shape(cfg, jax.process_count(), jax.local_device_count()))
         model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
         self.model_cfg, self.tokenizer = model.config, model.tokenizer
         self.params = model.params
-        optimizer = build_optimizer(cfg.train.optimizer, cfg.train.steps)
         self.schedule_lr = build_lr_schedule(cfg.train.optimizer.lr_schedule, cfg.train.steps)
-        loss_cfg = cfg.loss.model_copy(update={"max_completion_length": cfg.loss.max_completion_length or cfg.rollout.max_new_tokens})
-        self.trainer = Trainer(
-            self.model_cfg, optimizer, loss_cfg, mesh=self.mesh, micro_batches=self.derived.grad_accum_steps,
-            ppo_epochs=cfg.train.ppo_epochs, temperature=cfg.rollout.temperature, remat=cfg.model.remat,
-            score_last=cfg.rollout.max_new_tokens,  # phases.update_batch puts completions in the last columns
-            group_size=cfg.rollout.n,  # rollout rows are group-contiguous: prompts run once per group
-        )
+        self.trainer = make_trainer(cfg, self.model_cfg, self.mesh, self.derived.grad_accum_steps)
         self.opt_state = self.trainer.init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
         self.stream = make_prompt_stream(cfg.data)
@@ -252,11 +245,24 @@ class TrainSession:
         return (self.cfg.train.seed * 1_000_003 + step * 7919) % (2**31 - 1)
 
 
-def _mesh_shape(cfg: RunConfig) -> dict | None:
+def make_trainer(cfg: RunConfig, model_cfg, mesh, grad_accum_steps: int) -> Trainer:
+    """The run's train step (also what `grpo preflight --compile` compiles for a TPU slice)."""
+    loss_cfg = cfg.loss.model_copy(update={"max_completion_length": cfg.loss.max_completion_length or cfg.rollout.max_new_tokens})
+    return Trainer(
+        model_cfg, build_optimizer(cfg.train.optimizer, cfg.train.steps), loss_cfg, mesh=mesh,
+        micro_batches=grad_accum_steps, ppo_epochs=cfg.train.ppo_epochs, temperature=cfg.rollout.temperature,
+        remat=cfg.model.remat,
+        score_last=cfg.rollout.max_new_tokens,  # phases.update_batch puts completions in the last columns
+        group_size=cfg.rollout.n,  # rollout rows are group-contiguous: prompts run once per group
+    )
+
+
+def mesh_shape(cfg: RunConfig, num_processes: int, local_devices: int) -> dict | None:
+    """The run's mesh axes: mesh.shape=auto is dp over processes, fsdp over each one's devices."""
     if cfg.mesh.shape == "auto":
-        return auto_mesh_shape(jax.process_count(), jax.local_device_count())
+        return auto_mesh_shape(num_processes, local_devices)
     shape = cfg.mesh.shape.model_dump()
-    warn_if_fsdp_spans_hosts(shape, jax.local_device_count())
+    warn_if_fsdp_spans_hosts(shape, local_devices)
     return shape
 
 

@@ -34,22 +34,28 @@ class SmokeFailed(RuntimeError):
 
 
 @task(**EFFECT)
-def run_preflight(config_text: str, overrides: list[str], accelerator_type: str) -> str:
-    """`grpo preflight --tpu TYPE` on this machine; 'unavailable' when the command is not installed."""
+def run_preflight(config_text: str, overrides: list[str], accelerator_type: str, compile: bool = False) -> tuple[str, str]:
+    """`grpo preflight --tpu TYPE [--compile]` on this machine (the worker), before any VM exists.
+
+    Returns (verdict line, XLA's per-phase table or ""); 'unavailable' when the command is
+    not installed. A config that does not fit (exit 3), does not compile, or cannot be
+    checked (no libtpu for --compile: exit 2) stops the flow here."""
     if importlib.util.find_spec("flows.cli.preflight_cmd") is None:
-        return "preflight unavailable (flows/cli/preflight_cmd.py is not installed); skipped"
+        return "preflight unavailable (flows/cli/preflight_cmd.py is not installed); skipped", ""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(config_text)
     sets = [arg for item in overrides for arg in ("--set", item)]
     argv = [sys.executable, "-m", "flows.cli.main", "preflight", "--config", handle.name, *sets, "--tpu", accelerator_type]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv + (["--compile"] if compile else []), capture_output=True, text=True)
     os.unlink(handle.name)
     if done.returncode == 3:
         detail = (done.stderr.strip() or done.stdout.strip())[-500:]
         raise UserError(f"preflight: the config will not fit on {accelerator_type}: {detail}", 3)
     if done.returncode:
-        raise UserError(f"preflight failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-500:]}")
-    return (done.stdout.strip().splitlines() or ["fits"])[-1][:200]
+        raise UserError(f"preflight failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-1500:]}")
+    lines = done.stdout.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("XLA's TPU compiler")), len(lines))
+    return (lines or ["fits"])[-1][:200], "\n".join(lines[start:-1])
 
 
 @task(**EFFECT)

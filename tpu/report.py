@@ -23,6 +23,7 @@ class StageReport:
     stages: list[Stage] = field(default_factory=list)
     facts: dict[str, str] = field(default_factory=dict)
     excerpt: str = ""
+    sections: dict[str, str] = field(default_factory=dict)  # heading -> preformatted text (empty: left out)
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -50,8 +51,9 @@ class StageReport:
         lines += [f"- **{key}**: {value}" for key, value in self.facts.items()]
         lines += ["", "| stage | outcome | seconds | note |", "|---|---|---:|---|"]
         lines += [f"| {s.name} | {s.outcome} | {s.seconds:.1f} | {s.note.replace('|', '/')} |" for s in self.stages]
-        if self.excerpt:
-            lines += ["", "## Excerpt", "", "```", self.excerpt, "```"]
+        for heading, text in [*self.sections.items(), ("Excerpt", self.excerpt)]:
+            if text:
+                lines += ["", f"## {heading}", "", "```", text, "```"]
         return "\n".join(lines) + "\n"
 
 

@@ -248,18 +248,27 @@ def _gate_up_fwd(x, w_gate, w_up):
     return gate_up(x, w_gate, w_up), (x, w_gate, w_up)
 
 
+def _weight_grads_x_transposed(x, d_gate, d_up):
+    """x^T @ d_gate and x^T @ d_up with x transposed once (the CPU layout, see `gate_up`)."""
+    x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [D, B*T]
+    return (jnp.dot(x_t, d_gate.reshape(-1, d_gate.shape[-1])),
+            jnp.dot(x_t, d_up.reshape(-1, d_up.shape[-1])))
+
+
+def _weight_grads_einsum(x, d_gate, d_up):
+    """The same products as einsums: GPU and TPU matmuls take transposed operands as they are."""
+    return jnp.einsum("btd,btf->df", x, d_gate), jnp.einsum("btd,btf->df", x, d_up)
+
+
 def _gate_up_bwd(saved, grads):
     x, w_gate, w_up = saved
     d_gate, d_up = grads
-    if jax.default_backend() == "cpu":
-        x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [D, B*T]
-        d_w_gate = jnp.dot(x_t, d_gate.reshape(-1, d_gate.shape[-1])).astype(w_gate.dtype)
-        d_w_up = jnp.dot(x_t, d_up.reshape(-1, d_up.shape[-1])).astype(w_up.dtype)
-    else:  # GPU and TPU matmuls take transposed operands as they are
-        d_w_gate = jnp.einsum("btd,btf->df", x, d_gate).astype(w_gate.dtype)
-        d_w_up = jnp.einsum("btd,btf->df", x, d_up).astype(w_up.dtype)
+    # Chosen when the program is lowered, for the platform it is compiled for (a TPU program
+    # compiled on a CPU host takes the TPU form), never the host's default backend.
+    d_w_gate, d_w_up = jax.lax.platform_dependent(x, d_gate, d_up, cpu=_weight_grads_x_transposed,
+                                                  default=_weight_grads_einsum)
     d_x = jnp.einsum("btf,df->btd", d_gate, w_gate) + jnp.einsum("btf,df->btd", d_up, w_up)
-    return d_x, d_w_gate, d_w_up
+    return d_x, d_w_gate.astype(w_gate.dtype), d_w_up.astype(w_up.dtype)
 
 
 gate_up.defvjp(_gate_up_fwd, _gate_up_bwd)

@@ -74,9 +74,16 @@ def test_tpu_tiles_pad_small_minor_dims():
     assert padded_bytes((3, 4, 128), 2, tpu_tiles=True) == 3 * 16 * 128 * 2  # bf16: 16 rows per tile
     assert padded_bytes((3, 4, 128), 4, tpu_tiles=True) == 3 * 8 * 128 * 4
     assert padded_bytes((3, 4, 100), 4, tpu_tiles=False) == 3 * 4 * 100 * 4
-    qwen = dict(model=PRESETS["qwen2.5-7b"], param_bytes=2)
-    padded = decode_components(workload(**qwen, tpu_tiles=True))["kv cache"]
-    assert padded == 4 * decode_components(workload(**qwen))["kv cache"]  # 4 kv heads -> 16 rows
+    # XLA tiles KV caches over (length, head_dim): 4 kv heads of 128 are not padded...
+    qwen7 = dict(model=PRESETS["qwen2.5-7b"], param_bytes=2)
+    assert decode_components(workload(**qwen7, tpu_tiles=True))["kv cache"] == \
+        decode_components(workload(**qwen7))["kv cache"]
+    # ...a head_dim of 64 is, to 128 lanes; params are never padded (XLA picks their layouts).
+    qwen05 = dict(model=PRESETS["qwen2.5-0.5b"], param_bytes=2)
+    assert decode_components(workload(**qwen05, tpu_tiles=True))["kv cache"] == \
+        2 * decode_components(workload(**qwen05))["kv cache"]
+    assert decode_components(workload(**qwen05, tpu_tiles=True))["params"] == \
+        decode_components(workload(**qwen05))["params"]
 
 
 def test_knobs_move_the_right_components():
