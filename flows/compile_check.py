@@ -27,7 +27,6 @@ from grpo_core.memory import Accelerator
 from schemas.run import RunConfig
 
 PHASES = ("rollout", "update", "eval")
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
 def default_cache_dir() -> Path:
@@ -114,7 +113,7 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
     derived = cfg.derive(acc.hosts, acc.chips)
     mesh = make_mesh(mesh_shape(cfg, acc.hosts, acc.chips // acc.hosts), devices)
     model_cfg = resolve_model_config(cfg.model.name_or_path)
-    params = aot.abstract_params(model_cfg, jnp.dtype(DTYPES[cfg.model.dtype]), mesh)
+    params = aot.abstract_params(model_cfg, jnp.dtype(cfg.model.dtype), mesh)
     trainer = make_trainer(cfg, model_cfg, mesh, derived.grad_accum_steps)
     opt_state = trainer.abstract_opt_state(params)
     ref = params if cfg.loss.beta > 0 else None

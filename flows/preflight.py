@@ -92,7 +92,6 @@ def build_workload(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, 
         momentum=opt.name == "sgd" and opt.b1 is not None,
         reference=cfg.loss.beta > 0,
         mesh=tuple(mesh_sizes(cfg, accelerator).items()),
-        tpu_tiles=accelerator.kind == "tpu",
     )
     return workload, derived
 

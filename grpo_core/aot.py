@@ -33,8 +33,9 @@ from grpo_core.sharding import batch_sharding, tree_shardings
 
 # The train step's batch (grpo_core.phases.update_batch): [B, T] int32 arrays and [B] advantages.
 _BATCH_INT_KEYS = ("tokens_bt", "positions_bt", "attn_mask_bt", "completion_mask_bt")
-# XLA:TPU's compile-time OOM: "... Used 40.50G of 31.25G hbm. Exceeded hbm capacity by 9.25G."
-_USED_RE = re.compile(r"Used ([0-9.]+)([KMGT]) of ([0-9.]+)([KMGT]) hbm")
+# XLA:TPU's compile-time OOM, in either of its wordings: "... Used 40.50G of 31.25G hbm ..." or
+# "Ran out of memory on HBM, the total memory required for HLO temporaries (60.73G) exceeds ...".
+_USED_RE = re.compile(r"(?:Used |required for HLO temporaries \()([0-9.]+)([KMGT])")
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -85,10 +86,12 @@ class CompiledPhase:
     error: str | None = None
     oom: bool = False
     cached: bool = False
+    flops: float | None = None  # XLA's cost analysis: loop bodies (layers, micro-batches) counted once
 
     @property
     def xla_bytes(self) -> int | None:
-        """XLA's per-device total; for an out-of-memory compile, the 'Used N' it reported."""
+        """XLA's per-device total; for an out-of-memory compile, the bytes its message names
+        (all buffers, or the temporaries alone, by the wording: a lower bound either way)."""
         if self.memory is not None:
             return self.memory.total
         match = _USED_RE.search(self.error or "")
@@ -107,9 +110,10 @@ def compile_phase(phase: str, lower, resident: int = 0, store: "ResultStore | No
     if key is not None and (known := store.get(key)) is not None:
         memory = known.get("memory") and dataclasses.replace(known["memory"], resident=resident)
         return CompiledPhase(phase, time.perf_counter() - started, memory, known.get("error"),
-                             known.get("oom", False), cached=True)
+                             known.get("oom", False), cached=True, flops=known.get("flops"))
     try:
-        memory = ProgramMemory.of(lowered.compile(), resident)
+        compiled = lowered.compile()
+        memory, flops = ProgramMemory.of(compiled, resident), _flops(compiled)
     except Exception as exc:  # XLA's compile errors are plain runtime errors carrying its message
         message = str(exc)
         oom = "RESOURCE_EXHAUSTED" in message or "Ran out of memory" in message
@@ -117,8 +121,14 @@ def compile_phase(phase: str, lower, resident: int = 0, store: "ResultStore | No
             store.put(key, {"error": message, "oom": True})
         return CompiledPhase(phase, time.perf_counter() - started, error=message, oom=oom)
     if key is not None:
-        store.put(key, {"memory": dataclasses.asdict(memory) | {"resident": 0}})
-    return CompiledPhase(phase, time.perf_counter() - started, memory)
+        store.put(key, {"memory": dataclasses.asdict(memory) | {"resident": 0}, "flops": flops})
+    return CompiledPhase(phase, time.perf_counter() - started, memory, flops=flops)
+
+
+def _flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return float(cost["flops"]) if isinstance(cost, dict) and "flops" in cost else None
 
 
 class ResultStore:

@@ -4,16 +4,20 @@
 code keeps alive at its peak. The inputs are plain numbers (`Workload`), so grpo_core
 never sees the config schema; flows/preflight.py maps a RunConfig onto them.
 
-Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.py):
+Assumptions, each checked against process RSS on CPU (benchmarks/memory_check.py) and
+against XLA's own TPU compiler (benchmarks/tpu_calibration.py: the run's programs compiled
+for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
 1. Resident state stays on device for the whole step, so it counts in BOTH phases: params,
    optimizer state and, when beta > 0, the frozen reference params. The training session
    keeps them between phases.
 2. Params, optimizer state and reference params are split per leaf by the rules table in
    grpo_core.sharding ("embed" over fsdp, heads/mlp/vocab over tp; a mesh axis that does
    not divide a dimension leaves it replicated). The batch is split over dp * fsdp.
-3. With params split over fsdp/tp, XLA all-gathers them inside the layer scan: two layers
-   (the one computing and the prefetched next one) plus the full embedding / LM head for
-   the logits are live at once.
+3. With params split over fsdp/tp, XLA all-gathers them inside the layer scan, and
+   gathers one whole [V, D] matrix (the embedding, or the untied LM head) for the logits
+   instead of reducing partial [B, V] products. XLA's TPU buffer assignment for the
+   sampler holds one gathered layer and that matrix at the peak; the update's estimate
+   keeps two layers (the one computing and the prefetched next one) plus the matrix.
 4. Optimizer moments follow optax: lion 1, adamw 2 (mu, nu), sgd 1 with momentum else 0,
    each in the param dtype (optax's default mu_dtype=None keeps the param dtype).
 5. Update gradients: grpo_core.train_step sums micro-batch gradients into a float32
@@ -33,20 +37,23 @@ Assumptions (each checked against process RSS on CPU by benchmarks/memory_check.
    batch shards, and the prompt length to `sampling.prompt_slots` (a power of two up to
    64, then a multiple of 32); it prefills each prompt once into
    a [L, P, Tp] cache, computes only the last position's logits, and repeats that cache n
-   times into the decode cache [L, P*n, Tp+M] (XLA fuses the repeat into that write, so no
-   repeated copy is live). Rollout is two phases: "prefill" (decode cache, prompt cache and
-   one layer's prefill activations live) and "decode" (decode cache plus
+   times into the decode cache [L, P*n, Tp+M]. XLA does NOT fuse the repeat into that
+   write: the repeated [L, P*n, Tp] copy is live beside the decode cache (seen in the
+   compiled TPU program). Rollout is one program with two peaks: "prefill" (decode cache,
+   prompt cache, its repeated copy and one layer's prefill activations live) and "decode"
+   (decode cache plus
    `DECODE_LOGIT_COPIES` [P*n, V] float32 arrays per step: logits, scaled, log-softmax,
    sorted values for top-p/top-k, probabilities, exp weights of the categorical draw).
 8. Everything above is multiplied by (1 + overhead) for XLA temporaries, fragmentation
    and small buffers (default 10%). Capacity per device is the HBM per chip minus the
    runtime's reservation (TPU: 0.75 GiB); on GPU XLA preallocates 75% of memory by
    default (XLA_PYTHON_CLIENT_MEM_FRACTION=.75), so that fraction is the capacity.
-9. TPU arrays are stored in (8, 128) tiles of 32-bit words over their two minor dims
-   (bfloat16 packs two rows per word, so 16 rows): KV caches [.., Nkv, Hd] with 2-4 kv
-   heads and the k/v weights pad up to 4-8x. The estimate pads params, optimizer state,
-   gradients and KV caches that way on TPU (`Workload.tpu_tiles`), not on GPU or CPU.
-   Activations are not padded (their minor dims are D, F, T or S, already large).
+9. No TPU tile padding: TPU arrays are stored in (8, 128) tiles of 32-bit words, but XLA
+   chooses which two dims are tiled. A KV cache bf16[L, B, S, Nkv, Hd] is laid out
+   {4,2,3,1,0:T(8,128)(2,1)}, i.e. [L, B, Nkv, S, Hd] tiled over (S, Hd), so its kv
+   heads are not padded, and XLA's buffer assignment holds head_dim-64 caches at their raw
+   size too; params take their raw size (Qwen2.5 0.5B-7B on v6e-8: XLA's argument bytes
+   equal the raw shard sizes). The estimate is the same on TPU, GPU and CPU.
 """
 from __future__ import annotations
 
@@ -144,7 +151,7 @@ class Workload:
 
     prompts: global prompts per step (rollout.batch_size), each sampled group_size times;
     micro_batch: update rows per device per micro-batch; mesh: (("dp", n), ("fsdp", n),
-    ("tp", n)); tpu_tiles: pad the two minor dims of arrays to TPU tiles (assumption 9).
+    ("tp", n)).
     """
 
     model: ModelConfig
@@ -159,7 +166,6 @@ class Workload:
     momentum: bool = False
     reference: bool = False
     mesh: tuple[tuple[str, int], ...] = (("dp", 1), ("fsdp", 1), ("tp", 1))
-    tpu_tiles: bool = False
 
     @property
     def mesh_sizes(self) -> dict[str, int]:
@@ -216,17 +222,6 @@ class MemoryEstimate:
         return max(self.phases[phase], key=self.phases[phase].get)
 
 
-def padded_bytes(shape, itemsize: int, tpu_tiles: bool) -> int:
-    """Bytes of an array; with TPU tiles the minor dim pads to 128 and the second-minor
-    to 8 rows of 32-bit words (16 for bfloat16, which packs two rows per word)."""
-    shape = list(shape)
-    if tpu_tiles and len(shape) >= 2:
-        rows = 8 * max(1, 4 // itemsize)
-        shape[-1] = -(-shape[-1] // 128) * 128
-        shape[-2] = -(-shape[-2] // rows) * rows
-    return math.prod(shape) * itemsize
-
-
 def _shard_shape(names, shape, mesh_sizes: dict[str, int]) -> tuple[int, ...]:
     """One device's block of a param leaf, split by the rules table in grpo_core.sharding."""
     spec = logical_to_spec(names, shape, SimpleNamespace(shape=mesh_sizes))
@@ -254,14 +249,14 @@ def _layer_weights(m: ModelConfig) -> int:
     return (m.num_params - m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2)) // m.num_hidden_layers
 
 
-def _gathered_weights(w: Workload, head: bool = True) -> int:
-    """All-gather buffers when params are split: two layers (the one computing and the next,
-    prefetched), plus the embedding/LM head when `head` (the update's backward gathers it;
-    the sampler multiplies by its local shard and reduces the logits instead)."""
+def _gathered_weights(w: Workload, layers: int) -> int:
+    """All-gather buffers when params are split over fsdp/tp: `layers` decoder layers plus
+    one whole [V, D] matrix (the embedding, or the untied LM head: XLA gathers it for the
+    logits rather than reduce partial [B, V] products)."""
     if w.mesh_sizes.get("fsdp", 1) * w.tp == 1:
         return 0
     m = w.model
-    return (2 * _layer_weights(m) + (m.vocab_size * m.hidden_size if head else 0)) * w.param_bytes // w.tp
+    return (layers * _layer_weights(m) + m.vocab_size * m.hidden_size) * w.param_bytes // w.tp
 
 
 def _resident(w: Workload) -> dict[str, int]:
@@ -300,19 +295,19 @@ def _layer_activations(m: ModelConfig, rows: int, t: int, s: int, pb: int, tp: i
 def _kv_cache(w: Workload, rows: int, length: int) -> int:
     """k and v caches [L, rows, length, Nkv, Hd] in param dtype (kv heads split over tp).
 
-    On TPU XLA stores them as [L, rows, Nkv, length, Hd] tiles over (length, Hd), so only
-    Hd pads (to 128 lanes) and `length` to whole tiles; the kv heads are not padded.
+    Not padded to TPU tiles: XLA lays them out as [L, rows, Nkv, length, Hd] tiled over
+    (length, Hd), and stores head_dim 64 unpadded too (the 0.5B cache bf16[24,16,768,2,64]
+    is a 72 MiB buffer in XLA's buffer assignment for v6e-8, its raw size).
     """
     m = w.model
     kv_heads = m.num_key_value_heads // math.gcd(m.num_key_value_heads, w.tp)
-    shape = (m.num_hidden_layers, rows, kv_heads, length, m.head_dim)
-    return 2 * padded_bytes(shape, w.param_bytes, w.tpu_tiles)
+    return 2 * m.num_hidden_layers * rows * kv_heads * length * m.head_dim * w.param_bytes
 
 
 def _rollout_base(w: Workload) -> dict[str, int]:
     seqs = w.sampler_prompts_per_device * w.group_size
     parts = _resident(w)
-    parts["gathered weights"] = _gathered_weights(w, head=False)
+    parts["gathered weights"] = _gathered_weights(w, layers=1)
     parts["kv cache"] = _kv_cache(w, seqs, w.prompt_slots + w.new_tokens)
     return parts
 
@@ -323,8 +318,12 @@ def prefill_components(w: Workload) -> dict[str, int]:
     parts = _rollout_base(w)
     parts["prompt cache"] = _kv_cache(w, prompts, slots)
     parts["repeated prompt cache"] = _kv_cache(w, prompts * w.group_size, slots)
-    parts["prefill activations"] = (prompts * slots * m.hidden_size * pb
-                                    + _layer_activations(m, prompts, slots, slots, pb, w.tp))
+    # One layer's forward over the prompts, beyond the caches: the residual stream and the
+    # float32 attention scores [P, Nq, Tp, Tp]. The MLP's [P, Tp, F] intermediates are not
+    # live at the rollout's peak (XLA's buffer assignment: the caches and the gathered
+    # weights are).
+    heads = m.num_attention_heads // math.gcd(m.num_attention_heads, w.tp)
+    parts["prefill activations"] = prompts * slots * 2 * m.hidden_size * pb + prompts * heads * slots * slots * 4
     return parts
 
 
@@ -343,12 +342,13 @@ def update_components(w: Workload) -> dict[str, int]:
     t = w.update_tokens - 1
     vocab = m.vocab_size // math.gcd(m.vocab_size, w.tp)
     parts = _resident(w)
-    parts["gathered weights"] = _gathered_weights(w)
+    parts["gathered weights"] = _gathered_weights(w, layers=2)
     parts["gradients"] = param_bytes_per_device(w, 4) + param_bytes_per_device(w, pb)
-    n = w.group_size
-    if n > 1 and mb % n == 0:
-        # Shared prompts (grpo_core.train_step): each group's prompt runs once ([mb/n, Tp]),
-        # the completion inputs ([mb, M-1]) attend to its keys/values repeated n times.
+    n = math.gcd(w.group_size, mb)
+    if n > 1:
+        # Shared prompts (grpo_core.train_step): runs of n = gcd(group size, rows per device)
+        # rows share one prompt forward ([mb/n, Tp]); the completion inputs ([mb, M-1])
+        # attend to its keys/values repeated n times.
         tp_, tc, L = t + 1 - w.new_tokens, w.new_tokens - 1, m.num_hidden_layers
         kv_heads = m.num_key_value_heads // math.gcd(m.num_key_value_heads, w.tp)
         parts["shared prompt kv"] = 2 * L * mb * tp_ * kv_heads * m.head_dim * pb

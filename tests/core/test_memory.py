@@ -9,7 +9,7 @@ import pytest
 
 from grpo_core.errors import UserError
 from grpo_core.memory import (
-    ACCELERATORS, GIB, Workload, decode_components, estimate_memory, get_accelerator, padded_bytes,
+    ACCELERATORS, GIB, Workload, decode_components, estimate_memory, get_accelerator,
     param_bytes_per_device, prefill_components, update_components,
 )
 from grpo_core.models.config import PRESETS
@@ -68,22 +68,6 @@ def test_kv_cache_matches_sampler_cache_shapes():
     assert decode_components(w)["kv cache"] == cache.k.size * 4 * 2
     prompt = jax.eval_shape(lambda: init_kv_cache(TINY, 8, 64, jax.numpy.float32))
     assert prefill_components(w)["prompt cache"] == prompt.k.size * 4 * 2
-
-
-def test_tpu_tiles_pad_small_minor_dims():
-    assert padded_bytes((3, 4, 128), 2, tpu_tiles=True) == 3 * 16 * 128 * 2  # bf16: 16 rows per tile
-    assert padded_bytes((3, 4, 128), 4, tpu_tiles=True) == 3 * 8 * 128 * 4
-    assert padded_bytes((3, 4, 100), 4, tpu_tiles=False) == 3 * 4 * 100 * 4
-    # XLA tiles KV caches over (length, head_dim): 4 kv heads of 128 are not padded...
-    qwen7 = dict(model=PRESETS["qwen2.5-7b"], param_bytes=2)
-    assert decode_components(workload(**qwen7, tpu_tiles=True))["kv cache"] == \
-        decode_components(workload(**qwen7))["kv cache"]
-    # ...a head_dim of 64 is, to 128 lanes; params are never padded (XLA picks their layouts).
-    qwen05 = dict(model=PRESETS["qwen2.5-0.5b"], param_bytes=2)
-    assert decode_components(workload(**qwen05, tpu_tiles=True))["kv cache"] == \
-        2 * decode_components(workload(**qwen05))["kv cache"]
-    assert decode_components(workload(**qwen05, tpu_tiles=True))["params"] == \
-        decode_components(workload(**qwen05))["params"]
 
 
 def test_knobs_move_the_right_components():

@@ -32,19 +32,23 @@ def test_historical_7b_1024_sequences_fits_as_xla_says(capsys):
     assert 11.0 < rollout < 15.0
 
 
-def test_8192_new_tokens_do_not_fit_and_blame_the_kv_cache(capsys):
+def test_8192_new_tokens_do_not_fit_in_rollout_or_update(capsys):
     code, out, err = preflight(capsys, "--config", CFG_7B, "--tpu", "v6e-8", "--set", "rollout.batch_size=128",
                                "--set", "rollout.max_new_tokens=8192")
     assert code == 3
-    assert "DOES NOT FIT" in out and "kv cache" in out.split("DOES NOT FIT")[1].splitlines()[0]
-    assert "kv cache" in err and "Traceback" not in err
-    assert "fits with: --set" in out
+    assert "DOES NOT FIT: update" in out and "fits with: --set rollout.max_new_tokens=" in out
+    assert "does not fit on v6e-8" in err and "Traceback" not in err
+    report = run_preflight(load_run_config(CFG_7B, ["rollout.batch_size=128", "rollout.max_new_tokens=8192"]),
+                           "v6e-8")
+    # The rollout alone does not fit either (what --compile --phases rollout checks): the KV cache.
+    assert report.estimate.total("prefill") > report.capacity_bytes
+    assert report.estimate.largest("prefill") == "kv cache"
 
 
 def test_suggested_changes_fit_when_re_estimated():
     cfg = load_run_config(CFG_7B, ["rollout.batch_size=128", "rollout.max_new_tokens=8192"])
     report = run_preflight(cfg, "v6e-8")
-    assert not report.fits and report.culprit[1] == "kv cache"
+    assert not report.fits and report.culprit == ("update", "activations")
     assert 1 <= len(report.suggestions) <= 2
     for overrides, estimate in report.suggestions:
         again = run_preflight(with_overrides(cfg, overrides), "v6e-8")
