@@ -21,6 +21,13 @@ needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
 TINY_SET = ["rollout.batch_size=8", "rollout.n=2", "model.dtype=bfloat16", "train.micro_batch_size=1"]
 
 
+def _write_config(folder):
+    """The tiny config as a file (JSON is YAML) for the CLI."""
+    config = folder / "tiny.yaml"
+    config.write_text(json.dumps(tiny_config(*TINY_SET).model_dump(mode="json")))
+    return config
+
+
 @pytest.fixture(scope="module")
 def compiled():
     """{slice: {phase: CompiledPhase}} for the tiny config on v6e-8 and v6e-16 (compiled once)."""
@@ -53,8 +60,7 @@ def test_multi_host_mesh_is_data_parallel_across_hosts(compiled):
 
 @needs_libtpu
 def test_cli_compile_json_and_cached_second_run(tmp_path, capsys):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(json.dumps(tiny_config(*TINY_SET).model_dump(mode="json")))
+    config = _write_config(tmp_path)
     args = ["preflight", "--config", str(config), "--tpu", "v6e-8", "--compile", "--phases", "rollout",
             "--json", str(tmp_path / "out.json"), "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
@@ -72,8 +78,7 @@ def test_cli_compile_json_and_cached_second_run(tmp_path, capsys):
 
 
 def test_estimate_only_json_has_no_xla_figures(tmp_path, capsys):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(json.dumps(tiny_config(*TINY_SET).model_dump(mode="json")))
+    config = _write_config(tmp_path)
     assert main(["preflight", "--config", str(config), "--tpu", "v6e-8", "--json", str(tmp_path / "e.json")]) == 0
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["verdict"] == "fits" and report["source"] == "estimate"
@@ -86,16 +91,14 @@ def test_estimate_only_json_has_no_xla_figures(tmp_path, capsys):
     (["--phases", "rollout"], "add --compile"),
 ])
 def test_bad_phase_arguments_are_one_line_errors(tmp_path, capsys, extra, message):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(json.dumps(tiny_config(*TINY_SET).model_dump(mode="json")))
+    config = _write_config(tmp_path)
     assert main(["preflight", "--config", str(config), "--tpu", "v6e-8", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_libtpu_says_how_to_get_it(tmp_path, capsys, monkeypatch):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(json.dumps(tiny_config(*TINY_SET).model_dump(mode="json")))
+    config = _write_config(tmp_path)
     real = importlib.util.find_spec
     monkeypatch.setattr(compile_check.importlib.util, "find_spec",
                         lambda name, *a: None if name == "libtpu" else real(name, *a))
