@@ -27,8 +27,9 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
    [B, Nq, T, S] plus probabilities. For the backward pass without remat every layer keeps
    its residuals (`_saved_per_token_layer`); with remat (jax.checkpoint per layer) only
    the residual stream per layer is kept and one layer is recomputed at a time.
-7. Logits are float32. The update holds `UPDATE_LOGIT_COPIES` [mb, M, V] arrays for a
-   micro-batch (logits, softmax for logsumexp/entropy, and their gradient): only the M
+7. Logits are float32. The update holds `Workload.logit_copies` [mb, M, V] arrays for a
+   micro-batch: on CPU 3 (logits, softmax for logsumexp/entropy, and their gradient), on
+   TPU 1.5 (`TPU_UPDATE_LOGIT_COPIES`: XLA fuses them into one buffer): only the M
    completion columns go through the LM head. Its batch is T = prompt rounded up to 16 +
    M new tokens wide (grpo_core.phases); when a micro-batch holds whole GRPO groups the
    prompt part runs once per group and its keys/values are repeated for the group's
@@ -68,7 +69,11 @@ from grpo_core.sampling import bucket, prompt_slots as sampler_prompt_slots
 from grpo_core.sharding import logical_to_spec
 
 GIB = 1024**3
-UPDATE_LOGIT_COPIES = 3
+UPDATE_LOGIT_COPIES = 3  # XLA:CPU (process RSS, benchmarks/memory_check.py)
+# XLA:TPU's buffer assignment holds ONE float32 [mb, M, V] array at the update's peak (SmolLM2,
+# 16x8, 512 new tokens, v6e-8); 1.5 is what the Qwen2.5-0.5B update needs beside the other
+# parts (calibrated, benchmarks/RESULTS.md), so the estimate stays above XLA.
+TPU_UPDATE_LOGIT_COPIES = 1.5
 DECODE_LOGIT_COPIES = 6
 OPTIMIZER_MOMENTS = {"lion": 1, "adamw": 2, "sgd": 0}
 
@@ -166,6 +171,7 @@ class Workload:
     momentum: bool = False
     reference: bool = False
     mesh: tuple[tuple[str, int], ...] = (("dp", 1), ("fsdp", 1), ("tp", 1))
+    logit_copies: float = UPDATE_LOGIT_COPIES
 
     @property
     def mesh_sizes(self) -> dict[str, int]:
@@ -362,7 +368,7 @@ def update_components(w: Workload) -> dict[str, int]:
         layer = _layer_activations(m, mb, t, t, pb, w.tp)
         parts["activations"] = stream + layer if w.remat else m.num_hidden_layers * layer
     # Only the completion columns go through the LM head (Trainer(score_last=new_tokens)).
-    parts["logits"] = UPDATE_LOGIT_COPIES * mb * min(t, w.new_tokens) * vocab * 4
+    parts["logits"] = int(w.logit_copies * mb * min(t, w.new_tokens) * vocab * 4)
     # tokens, positions, masks, old logps as [B, T] 4-byte arrays, plus their micro-batch split.
     parts["batch arrays"] = 2 * 5 * w.update_rows_per_device * (t + 1) * 4
     return parts
