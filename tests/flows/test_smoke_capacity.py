@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from fake_tpu_api import FakeTpuApi  # noqa: E402
-from smoke_helpers import FakeSsh, make_repo  # noqa: E402
+from smoke_helpers import ROOT, FakeSsh, make_repo  # noqa: E402
 
 from tpu.provider import OWNER_LABELS, RUN_LABEL
 from tpu.retry import RetryPolicy
@@ -151,3 +151,12 @@ def test_deployment_parameters_with_queued_provisioning_validate_against_the_flo
              raise_on_error=True)
     with pytest.raises(ValidationError, match="tpu.provisioning"):
         validate({"tpu": {"provisioning": "sometimes"}}, schema, raise_on_error=True)
+
+
+def test_deployed_tpu_parameters_are_valid_requests():
+    import yaml
+
+    deployments = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
+    requests = [TpuRequest.model_validate(d["parameters"]["tpu"]) for d in deployments if "tpu" in d["parameters"]]
+    assert len(requests) == 3 and {r.provisioning for r in requests} == {"direct"}
+    assert all(r.queue_wait_s == 900 and r.create_timeout_s == 1800 and len(r.zones) == 10 for r in requests)
