@@ -3,7 +3,8 @@ until READY.
 
 For people who want a VM by hand; the smoke flow runs the same tasks inline. The VM
 carries the owner labels, so `reap-tpu-vms` deletes it once its TTL has passed; a run that
-fails after a create (the VM never became READY), is cancelled or crashes deletes what it made at once.
+fails after a create (the VM never became READY), is cancelled or crashes deletes what it
+made at once.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def provision_flow(provider: ProviderKind = "gcp", tpu: TpuRequest = TpuRequest(
             stage.note = f"{node.name} in {node.zone}"
     except Exception:
         with report.stage("delete") as stage:
-            stage.note = ", ".join(delete_labelled(backend, {RUN_LABEL: name}, touched_zones(report, tpu.zones))) or "nothing left"
+            deleted = delete_labelled(backend, {RUN_LABEL: name}, touched_zones(report, tpu.zones))
+            stage.note = ", ".join(deleted) or "nothing left"
         raise
     finally:
         publish_report(report.markdown(), artifact_key("tpu-provision", tpu.accelerator_type), report.title)

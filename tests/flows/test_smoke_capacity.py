@@ -137,6 +137,16 @@ def test_reaper_finds_vms_and_queues_in_zones_outside_its_own(prefect_harness, t
         assert api.leftovers() == []
 
 
+def test_provision_whose_vm_never_gets_ready_deletes_it(prefect_harness, gcp_env):
+    from flows.provision import provision_flow
+
+    with FakeTpuApi(preempt_after_gets=0) as api:
+        state = provision_flow(provider="gcp", tpu=tpu_for(api, ["europe-west4-a"]), return_state=True)
+        assert state.is_failed() and "PREEMPTED, not READY" in state.message
+        assert api.leftovers() == [] and len(api.deletes()) == 1
+    assert "| delete | ok |" in artifact("tpu-provision-v6e-8") and "| europe-west4-a | created |" in artifact("tpu-provision-v6e-8")
+
+
 def test_deployment_parameters_with_queued_provisioning_validate_against_the_flow_schema():
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import ValidationError, validate
