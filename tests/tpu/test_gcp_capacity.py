@@ -151,6 +151,15 @@ def test_create_that_errors_after_making_the_node_and_a_5xx_create_move_on_and_l
         finish(gcp, api, zones)
 
 
+def test_a_5xx_on_a_queued_resource_create_moves_on_to_the_next_zone():
+    with FakeTpuApi(flaky={"create_queued": [503]}) as api:
+        gcp = provider(api, FakeClock(), [])
+        made = gcp.create(spec(["zone-a", "zone-b"], "queued"))
+        assert [(a.zone, a.outcome) for a in made.attempts] == [("zone-a", "transient"), ("zone-b", "created")]
+        assert api.creates("queuedResources") == ["zone-a", "zone-b"]
+        finish(gcp, api, ["zone-a", "zone-b"])
+
+
 def test_stuck_create_is_a_timeout_its_node_is_deleted_and_the_next_zone_is_tried():
     clock, log = FakeClock(), []
     with FakeTpuApi({"us-east1-d": ("stuck",)}) as api:
