@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from tpu.errors import NEXT_ZONE, Decision, classify_queue_failure
+from tpu.errors import NEXT_ZONE, Decision, api_message, classify_queue_failure
 from tpu.provider import (NODE, QUEUED_RESOURCE, CommandResult, Node, NodeSpec, Provider, Provisioned, ProvisionError,
                           ZoneAttempt)
 from tpu.retry import LOGGER, RetryPolicy
@@ -255,12 +255,20 @@ class GcpProvider(Provider):
         return True
 
     def list(self, labels: dict[str, str], zones: tuple[str, ...]) -> list[Node]:
+        """A zone the API does not know (a typo some run recorded) is logged and skipped, so it
+        cannot stop teardown or the reaper in every other zone."""
+        from google.api_core import exceptions
+
         found = []
         for zone in zones:
-            parent = node_path(self.project, zone)
-            nodes = self._call(f"list nodes in {zone}", lambda: list(self.client.list_nodes(parent=parent)))
-            queued = self._call(f"list queued resources in {zone}",
-                                lambda: list(self.client.list_queued_resources(parent=parent)))
-            records = [_queued_record(q, zone) for q in queued] + [_to_node(n, zone) for n in nodes]
-            found += [r for r in records if _has_labels(r, labels)]
+            try:
+                found += [r for r in self._list_zone(zone) if _has_labels(r, labels)]
+            except (exceptions.NotFound, exceptions.BadRequest) as exc:
+                self.log(f"cannot list zone {zone} ({api_message(exc)}); skipped")
         return found
+
+    def _list_zone(self, zone: str) -> list[Node]:
+        parent = node_path(self.project, zone)
+        nodes = self._call(f"list nodes in {zone}", lambda: list(self.client.list_nodes(parent=parent)))
+        queued = self._call(f"list queued resources in {zone}", lambda: list(self.client.list_queued_resources(parent=parent)))
+        return [_queued_record(q, zone) for q in queued] + [_to_node(n, zone) for n in nodes]

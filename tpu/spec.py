@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from grpo_core.errors import UserError
 from tpu.provider import NodeSpec, Provider
@@ -15,6 +15,9 @@ HISTORICAL_ZONES = ("us-east1-d", "us-central1-b", "us-east5-b", "us-central2-b"
                     "us-east5-a", "us-central1-c", "us-west1-c", "europe-west4-a")
 ProviderKind = Literal["local", "gcp"]
 Provisioning = Literal["direct", "queued"]
+# A Cloud TPU zone name, e.g. us-east5-b or northamerica-northeast1-a; "local" for the local provider.
+ZONE_PATTERN = r"^([a-z]+(-[a-z]+)*[0-9]+-[a-z]|local)$"
+Zone = Annotated[str, Field(pattern=ZONE_PATTERN)]
 
 
 class TpuRequest(BaseModel):
@@ -23,8 +26,8 @@ class TpuRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     accelerator_type: str = Field("v6e-8", pattern=r"^[a-z0-9-]+$", description="Cloud TPU accelerator type.")
     runtime_version: str = Field("v6e-ubuntu-2404", min_length=1, description="TPU VM software version.")
-    zones: list[str] = Field(default_factory=lambda: list(HISTORICAL_ZONES), min_length=1,
-                             description="Zones tried in order until one has capacity.")
+    zones: list[Zone] = Field(default_factory=lambda: list(HISTORICAL_ZONES), min_length=1,
+                              description="Zones tried in order until one has capacity (e.g. europe-west4-a).")
     spot: bool = Field(True, description="Spot (preemptible) VM.")
     provisioning: Provisioning = Field(
         "direct", description="direct: create the VM in each zone in turn, failing over at once when a zone has no "
@@ -43,6 +46,16 @@ class TpuRequest(BaseModel):
     anonymous: bool = Field(False, description="Use anonymous credentials (only for a loopback test API).")
     workers: int = Field(1, ge=1, le=64, description="Worker hosts of the local provider (gcp: from the slice).")
     local_root: str | None = Field(None, description="Local provider's VM directory; null = $GRPO_LOCAL_TPU_ROOT or <tmp>.")
+
+    @field_validator("zones", mode="before")
+    @classmethod
+    def _zone_names(cls, zones):
+        """Say which entry is wrong in words (the pattern alone would only be quoted back);
+        a typo here would otherwise be recorded and listed by every reaper run."""
+        for zone in zones if isinstance(zones, list) else []:
+            if not isinstance(zone, str) or not re.match(ZONE_PATTERN, zone):
+                raise ValueError(f"{zone!r} is not a zone name; use names like europe-west4-a")
+        return zones
 
     def provisioning_note(self) -> str:
         return "direct" if self.provisioning == "direct" else f"queued, up to {self.queue_wait_s} s per zone"

@@ -38,7 +38,8 @@ def test_bad_flag_values_name_the_flag(tmp_path):
     make_repo(tmp_path / "src", with_origin=True)
     base = ("smoke", "--provider", "gcp", "--repo", str(tmp_path / "src"), "--config", str(tmp_path / "src" / "cfg.yaml"),
             "--project", "proj", "--dry-run")
-    for flag, value in (("--zones", ","), ("--accelerator", "V6E-8"), ("--job-timeout", "0")):
+    for flag, value in (("--zones", ","), ("--zones", "us-east1-d,us-east1"), ("--accelerator", "V6E-8"),
+                        ("--job-timeout", "0"), ("--create-timeout", "-1"), ("--queue-wait", "5")):
         out = grpo(*base, flag, value)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert out.stderr.startswith(f"error: {flag}=") and out.stderr.count("\n") == 1

@@ -213,7 +213,7 @@ class FakeTpuApi:
             self.requests.append((method, parsed.path, body))
             fault = self._fault(_call_kind(method, path))
             if fault is not None:
-                return fault if fault == RESET else _error(fault, f"transient {fault} (injected)")
+                return fault if fault == RESET else _error(fault, f"injected fault {fault}")
             if method == "POST" and path.endswith("/queuedResources"):
                 return self._create_queued(path.removesuffix("/queuedResources"), query["queuedResourceId"][0], body)
             if method == "POST":

@@ -186,6 +186,15 @@ def test_teardown_deletes_every_labelled_node_and_queue_in_every_zone_and_only_t
         assert api.leftovers() == ["projects/p/locations/zone-b/nodes/someone-else"]
 
 
+def test_listing_skips_a_zone_the_api_does_not_know_and_keeps_going():
+    log = []
+    with FakeTpuApi(flaky={"list_node": [400]}) as api:
+        api.add_node("zone-b", "run-1", LABELS)
+        gcp = provider(api, FakeClock(), log)
+        assert finish(gcp, api, ["us-east1-z", "zone-b"]) == ["node run-1@zone-b"]
+    assert log == ["cannot list zone us-east1-z (injected fault 400); skipped"]
+
+
 def _queued_message(zone: str):
     import json
 
