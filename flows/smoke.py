@@ -3,9 +3,11 @@
     check commit -> preflight -> provision -> bootstrap -> sync -> install -> secrets
       -> launch -> monitor -> fetch -> delete (always) -> report artifact
 
-The VM is deleted in `finally` in the zone that won, and again by label from the
-cancellation/crash hooks (a cancelled or crashed run may never reach `finally`). Each
-stage's timing and outcome go into the markdown artifact `tpu-smoke-<accelerator>`.
+Teardown in `finally` deletes every node and queued resource labelled with the run in every
+zone the create tried (a failed zone can leave a node behind); the cancellation/crash
+hooks do the same in every requested zone (a cancelled or crashed run may never reach
+`finally`). Each stage's timing and outcome, and every zone tried with its reason and time,
+go into the markdown artifact `tpu-smoke-<accelerator>`.
 """
 from __future__ import annotations
 
@@ -19,27 +21,25 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_run
 
 from schemas import build_run_config
-from tasks.tpu import (SmokeFailed, create_node, delete_labelled, delete_node, fetch_results, launch_job, monitor_job,
-                       publish_report, run_commands, run_preflight, tpu_slot, wait_until_ready, write_secret)
+from tasks.tpu import (SmokeFailed, delete_labelled, fetch_results, launch_job, monitor_job, provision, publish_report,
+                       record_zones, run_commands, run_log, run_preflight, touched_zones, tpu_slot, write_secret)
 from tpu import scripts
 from tpu.errors import JobOutcome
 from tpu.provider import OWNER_LABELS, RUN_LABEL, Provider
 from tpu.report import StageReport, artifact_key
 from tpu.repo import PROJECT_ROOT, Checkout, read_file_at, resolve_checkout
 from tpu.teardown import delete_run_nodes
-from tpu.spec import ProviderKind, SmokeTimeouts, TpuRequest, make_provider, node_name, node_spec
+from tpu.spec import ProviderKind, SmokeTimeouts, TpuRequest, make_provider, node_name, node_spec, project_of
 
 
 def _run_on_vm(backend: Provider, tpu: TpuRequest, checkout: Checkout, train_argv: list[str], steps: int,
                timeouts: SmokeTimeouts, results: Path, secret_block: str | None, report: StageReport) -> JobOutcome:
     name = node_name(str(current_run.id or uuid.uuid4()))
     spec = node_spec(name, tpu, {**OWNER_LABELS, RUN_LABEL: name})
-    node = None
     try:
-        with report.stage("provision"):
-            node = create_node(backend, spec)
-            report.facts.update(zone=node.zone, node=node.name, workers=str(node.workers))
-            node = wait_until_ready(backend, node, timeouts.ready_s)
+        with report.stage("provision") as stage:
+            node = provision(backend, spec, timeouts.ready_s, report)
+            stage.note = f"{tpu.provisioning}: {node.name} in {node.zone} after {len(report.zones)} zone(s)"
         with report.stage("bootstrap"):
             run_commands(backend, node, "bootstrap", scripts.bootstrap_commands(backend.kind, sys.executable), timeouts.command_s)
         with report.stage("sync"):
@@ -59,11 +59,8 @@ def _run_on_vm(backend: Provider, tpu: TpuRequest, checkout: Checkout, train_arg
         return outcome
     finally:
         with report.stage("delete") as stage:
-            if node is not None:
-                delete_node(backend, node.name, node.zone)
-                stage.note = f"{node.name} in {node.zone}"
-            else:
-                stage.note = ", ".join(delete_labelled(backend, {RUN_LABEL: name}, list(tpu.zones))) or "nothing created"
+            deleted = delete_labelled(backend, {RUN_LABEL: name}, touched_zones(report, tpu.zones))
+            stage.note = ", ".join(deleted) or "nothing left"
 
 
 @flow(name="tpu-smoke", persist_result=False, on_cancellation=[delete_run_nodes], on_crashed=[delete_run_nodes])
@@ -89,13 +86,14 @@ def smoke_flow(
     so no VM is rented for a config that does not compile or fit."""
     overrides = list(overrides or [])
     report = StageReport(f"tpu-smoke: {tpu.accelerator_type} via {provider}")
-    backend = make_provider(provider, tpu)
+    backend = make_provider(provider, tpu, log=run_log)
     with report.stage("check commit") as stage:
         checkout = resolve_checkout(source_repo or PROJECT_ROOT, commit, provider)
         config_text = read_file_at(source_repo or PROJECT_ROOT, checkout.commit, config)
         steps = build_run_config(yaml.safe_load(config_text) or {}, overrides, source=config).train.steps
         stage.note = f"{checkout.commit[:12]}, {steps} steps expected"
-    report.facts.update(commit=checkout.commit, config=config, overrides=" ".join(overrides) or "none")
+    report.facts.update(commit=checkout.commit, config=config, overrides=" ".join(overrides) or "none",
+                        provisioning=tpu.provisioning_note())
     train_argv = scripts.train_command(config, overrides, tuple(job_command or scripts.TRAIN_COMMAND), job_env)
     results = Path(results_dir) / node_name(str(current_run.id or uuid.uuid4()))
     try:
@@ -104,6 +102,7 @@ def smoke_flow(
                 run_preflight(config_text, overrides, tpu.accelerator_type, compile_check) if preflight
                 else ("disabled", ""))
             stage.outcome = "skipped" if "unavailable" in stage.note or not preflight else "ok"
+        record_zones(project_of(provider, tpu), tpu.zones)
         with tpu_slot(tpu.accelerator_type):
             outcome = _run_on_vm(backend, tpu, checkout, train_argv, steps, timeouts, results, wandb_secret_block, report)
         report.facts.update(outcome=f"{outcome.reason}: {outcome.message}")

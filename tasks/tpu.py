@@ -1,14 +1,17 @@
 """Prefect tasks of the TPU flows: each wraps one provider call or one local check.
 
 Only idempotent steps retry (bootstrap/sync/install re-create what they make, fetch copies,
-delete of a missing node is a no-op). Nothing is cached or persisted: these are side
-effects, and the W&B key is read inside `write_secret` so it never becomes a Prefect
-parameter or result.
+delete of a missing node is a no-op); below that, every Cloud TPU read, poll and delete
+retries transient API errors itself (tpu.retry), so waiting and monitoring survive a blip.
+Nothing is cached or persisted: these are side effects, and the W&B key is read inside
+`write_secret` so it never becomes a Prefect parameter or result.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,15 +21,18 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from grpo_core.errors import UserError
-from tpu import scripts
+from tpu import scripts, teardown
 from tpu.errors import JobOutcome
 from tpu.monitor import job_verdict
-from tpu.provider import Node, NodeSpec, Provider
+from tpu.provider import NODE, Node, NodeSpec, Provider, Provisioned, ProvisionError
+from tpu.report import StageReport, artifact_key
 
 EFFECT = {"cache_policy": NO_CACHE, "persist_result": False}
 FETCHED = (scripts.LOG_FILE, f"{scripts.RUN_DIR}/metrics.jsonl", f"{scripts.RUN_DIR}/summary.json")
+ZONES_KEY, PAGE = "tpu-zones", 200
 
 
 class SmokeFailed(RuntimeError):
@@ -58,16 +64,47 @@ def run_preflight(config_text: str, overrides: list[str], accelerator_type: str,
     return (lines or ["fits"])[-1][:200], "\n".join(lines[start:-1])
 
 
+def run_log(message: str) -> None:
+    """The providers' lines (one per zone tried, queue states, API retries) into the log of
+    the run they happen in, or the `grpo.tpu` logger outside a run."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger("grpo.tpu")
+    logger.info(message)
+
+
 @task(**EFFECT)
-def create_node(provider: Provider, spec: NodeSpec) -> Node:
-    node = provider.create(spec)
-    get_run_logger().info("created %s in %s (%d worker(s))", node.name, node.zone, node.workers)
-    return node
+def create_node(provider: Provider, spec: NodeSpec) -> Provisioned:
+    made = provider.create(spec)
+    get_run_logger().info("created %s in %s (%d worker(s)) after %d zone(s)", made.node.name, made.node.zone,
+                          made.node.workers, len(made.attempts))
+    return made
 
 
 @task(**EFFECT)
 def wait_until_ready(provider: Provider, node: Node, timeout_s: float) -> Node:
     return provider.wait_ready(node, timeout_s)
+
+
+def provision(provider: Provider, spec: NodeSpec, ready_s: float, report: StageReport) -> Node:
+    """create_node, then wait_until_ready. Every zone tried goes into report.zones, also
+    when no zone gave a node."""
+    try:
+        made = create_node(provider, spec)
+    except ProvisionError as exc:
+        report.zones = list(exc.attempts)
+        raise
+    report.zones = list(made.attempts)
+    report.facts.update(zone=made.node.zone, node=made.node.name, workers=str(made.node.workers))
+    return wait_until_ready(provider, made.node, ready_s)
+
+
+def touched_zones(report: StageReport, requested: list[str]) -> list[str]:
+    """Zones a create tried (it may have left something there); all requested ones when the
+    create never reported back."""
+    tried = [a.zone for a in report.zones if a.outcome != "skipped_region"]
+    return tried or list(requested)
 
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="{stage}", **EFFECT)
@@ -150,24 +187,52 @@ def fetch_results(provider: Provider, node: Node, dest: str) -> list[str]:
 
 
 @task(retries=2, retry_delay_seconds=10, **EFFECT)
-def delete_node(provider: Provider, name: str, zone: str) -> bool:
-    deleted = provider.delete(name, zone)
-    get_run_logger().info("deleted %s in %s" if deleted else "%s in %s was already gone", name, zone)
+def delete_node(provider: Provider, name: str, zone: str, kind: str = NODE) -> bool:
+    deleted = provider.delete(name, zone, kind)
+    get_run_logger().info("deleted %s %s in %s" if deleted else "%s %s in %s was already gone", kind, name, zone)
     return deleted
 
 
 @task(retries=2, retry_delay_seconds=10, **EFFECT)
 def delete_labelled(provider: Provider, labels: dict[str, str], zones: list[str]) -> list[str]:
-    """Delete every node carrying `labels` in `zones` (teardown when the winning zone is unknown)."""
-    nodes = provider.list(labels, tuple(zones))
-    for node in nodes:
-        provider.delete(node.name, node.zone)
-    return [f"{n.name}@{n.zone}" for n in nodes]
+    """Delete every node and queued resource carrying `labels` in `zones` (a run's teardown)."""
+    deleted = teardown.delete_labelled(provider, labels, tuple(zones))
+    get_run_logger().info("teardown in %s: deleted %s", ", ".join(zones), ", ".join(deleted) or "nothing")
+    return deleted
 
 
 @task(**EFFECT)
 def list_nodes(provider: Provider, labels: dict[str, str], zones: list[str]) -> list[Node]:
     return provider.list(labels, tuple(zones))
+
+
+@task(**EFFECT)
+def record_zones(project: str, zones: list[str]) -> None:
+    """The zones this run may touch, kept as a keyed table artifact of the run (written before
+    any create, so a run killed mid-create is on record): the reaper reads every run's."""
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact([{"zone": zone} for zone in zones], key=artifact_key(ZONES_KEY, project),
+                          description=f"zones a TPU run in project {project} may have used")
+
+
+@task(**EFFECT)
+def used_zones(project: str) -> list[str]:
+    """Every zone that record_zones recorded for `project`, over all runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    only = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(ZONES_KEY, project)]))
+    zones, offset = set(), 0
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_artifacts(artifact_filter=only, limit=PAGE, offset=offset)
+            for artifact in page:
+                rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+                zones.update(row["zone"] for row in rows or [])
+            if len(page) < PAGE:
+                return sorted(zones)
+            offset += PAGE
 
 
 @task(**EFFECT)

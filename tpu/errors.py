@@ -54,12 +54,32 @@ def classify_create_error(code: int | None, message: str) -> Decision:
     return Decision(action, reason, message)
 
 
+def api_message(exc: BaseException) -> str:
+    """The error's message without the "POST https://...: " that REST errors start with."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return re.sub(r"^[A-Z]+ https?://\S+: ", "", str(message))
+
+
 def classify_exception(exc: BaseException) -> Decision:
     """Classify a google.api_core exception (HTTP code in .code, message in .message)."""
     code = getattr(exc, "code", None)
     code = code if isinstance(code, int) else None
-    message = getattr(exc, "message", None) or str(exc)
-    return classify_create_error(code, message)
+    return classify_create_error(code, api_message(exc))
+
+
+# How Cloud TPU words a queued resource whose valid-until time passed unfulfilled.
+_QUEUE_EXPIRED = re.compile(r"expired|valid.until|allocation interval|could not be (fulfilled|satisfied)", re.I)
+
+
+def classify_queue_failure(code: int | None, message: str) -> Decision:
+    """Classify a queued resource that went FAILED: expiry and unrecognised failures move on
+    to the next zone (the queue of this zone did not deliver); a classified stop still stops."""
+    if _QUEUE_EXPIRED.search(message):
+        return Decision(NEXT_ZONE, "queue_expired", message)
+    decision = classify_create_error(code, message)
+    if decision.reason == "unknown":
+        return Decision(NEXT_ZONE, "queue_failed", message or "queued resource FAILED without a message")
+    return decision
 
 
 def region_of(zone: str) -> str:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from tpu.provider import CommandResult, Node, NodeSpec, ProvisionError, Provider
+from tpu.provider import NODE, CommandResult, Node, NodeSpec, Provider, Provisioned, ProvisionError, ZoneAttempt
 from tpu.scripts import kill_command
 
 LOCAL_ZONE = "local"
@@ -48,14 +48,16 @@ class LocalProvider(Provider):
         (self._node_dir(node.name) / "node.json").write_text(json.dumps(asdict(node)))
         return node
 
-    def create(self, spec: NodeSpec) -> Node:
-        node_dir = self._node_dir(spec.name)
+    def create(self, spec: NodeSpec) -> Provisioned:
+        """One "zone", no queue: provisioning=queued behaves like direct here."""
+        node_dir, start = self._node_dir(spec.name), time.monotonic()
         if node_dir.exists():
-            raise ProvisionError(f"local node {node_dir} already exists", [(LOCAL_ZONE, "exists", str(node_dir))])
+            raise ProvisionError(f"local node {node_dir} already exists", [ZoneAttempt(LOCAL_ZONE, "exists", str(node_dir))])
         for worker in range(self.workers):
             (node_dir / f"worker-{worker}").mkdir(parents=True)
         node = Node(spec.name, LOCAL_ZONE, spec.accelerator_type, self.workers, "READY", dict(spec.labels), time.time())
-        return self._write(node)
+        attempt = ZoneAttempt(LOCAL_ZONE, "created", f"{spec.name} (directory)", time.monotonic() - start)
+        return Provisioned(self._write(node), (attempt,))
 
     def get(self, name: str, zone: str = LOCAL_ZONE) -> Node | None:
         path = self._node_dir(name) / "node.json"
@@ -70,7 +72,7 @@ class LocalProvider(Provider):
     def wait_ready(self, node: Node, timeout_s: float) -> Node:
         current = self.get(node.name)
         if current is None or current.state != "READY":
-            raise ProvisionError(f"local node {node.name} is not READY", [(LOCAL_ZONE, "not_ready", str(current))])
+            raise ProvisionError(f"local node {node.name} is not READY", [ZoneAttempt(LOCAL_ZONE, "not_ready", str(current))])
         return current
 
     def _run_one(self, node: Node, argv: list[str], worker: int, stdin: bytes | None, timeout_s: float) -> CommandResult:
@@ -93,7 +95,7 @@ class LocalProvider(Provider):
         Path(local_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.worker_dir(node, worker) / remote_path, local_path)
 
-    def delete(self, name: str, zone: str = LOCAL_ZONE) -> bool:
+    def delete(self, name: str, zone: str = LOCAL_ZONE, kind: str = NODE) -> bool:
         node = self.get(name)
         if node is None:
             return False

@@ -1,8 +1,9 @@
 """The provider interface every TPU backend implements, and the plain records it returns.
 
-A provider creates a node from a `NodeSpec` (trying zones in order), waits for READY, runs
-argv commands on one or all workers (stdin carries secrets, never argv), copies files,
-deletes, and lists nodes by label so a reaper can find leaked ones. Commands run with the
+A provider creates a node from a `NodeSpec` (trying zones in order, directly or through a
+queued resource), waits for READY, runs argv commands on one or all workers (stdin carries
+secrets, never argv), copies files, deletes, and lists nodes and queued resources by label
+so teardown and the reaper find every one a run made. Commands run with the
 worker's smoke directory as the working directory, so every path in tpu/scripts.py is
 relative to it.
 """
@@ -15,11 +16,16 @@ from dataclasses import dataclass, field
 # cancellation hooks delete the nodes whose RUN_LABEL names their flow run.
 OWNER_LABELS = {"grpo-flows": "tpu-vm"}
 RUN_LABEL = "grpo-run"
+NODE, QUEUED_RESOURCE = "node", "queued resource"
 
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """What to create. `zones` are tried in order; `labels` must be lowercase k/v strings."""
+    """What to create. `zones` are tried in order; `labels` must be lowercase k/v strings.
+
+    provisioning "direct" creates the node in each zone until one accepts; "queued" puts a
+    queued resource of the same name in each zone's queue for up to `queue_wait_s`. A create
+    that has not finished after `create_timeout_s` counts as the zone failing."""
 
     name: str
     accelerator_type: str = "v6e-8"
@@ -27,11 +33,16 @@ class NodeSpec:
     zones: tuple[str, ...] = ("europe-west4-a",)
     spot: bool = True
     labels: dict[str, str] = field(default_factory=dict)
+    provisioning: str = "direct"
+    queue_wait_s: float = 900.0
+    create_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
 class Node:
-    """A created node. `state` is the provider's state name (READY, PREEMPTED, ...)."""
+    """A created node, or (kind QUEUED_RESOURCE, from list()) a queued resource.
+
+    `state` is the provider's state name (READY, PREEMPTED, WAITING_FOR_RESOURCES, ...)."""
 
     name: str
     zone: str
@@ -40,6 +51,32 @@ class Node:
     state: str = "CREATING"
     labels: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
+    kind: str = NODE
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}@{self.zone}"
+
+
+@dataclass(frozen=True)
+class ZoneAttempt:
+    """One zone tried: `outcome` is "created" or the classified reason it failed
+    (capacity, quota_zero, timeout, queue_expired, skipped_region, ...)."""
+
+    zone: str
+    outcome: str
+    detail: str = ""
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return f"zone {self.zone}: {self.outcome} after {self.seconds:.1f} s" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """The node a create made and every zone tried on the way, in order."""
+
+    node: Node
+    attempts: tuple[ZoneAttempt, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,10 +96,10 @@ class CommandResult:
 class ProvisionError(RuntimeError):
     """Creating a node failed in every zone tried, or stopped on a non-retryable error.
 
-    `attempts` is [(zone, reason, message)] in the order tried; `reason` of the last one
-    is the classified cause (capacity, quota_zero, permission, ...)."""
+    `attempts` are the zones in the order tried; the outcome of the last one is the
+    classified cause (capacity, quota_zero, permission, ...)."""
 
-    def __init__(self, message: str, attempts: list[tuple[str, str, str]]):
+    def __init__(self, message: str, attempts: list[ZoneAttempt]):
         super().__init__(message)
         self.attempts = attempts
 
@@ -73,8 +110,9 @@ class Provider(abc.ABC):
     kind: str
 
     @abc.abstractmethod
-    def create(self, spec: NodeSpec) -> Node:
-        """Create the node in the first zone that accepts it; raise ProvisionError otherwise."""
+    def create(self, spec: NodeSpec) -> Provisioned:
+        """Create the node in the first zone that accepts it; raise ProvisionError otherwise.
+        A zone that failed is left with nothing of this spec's name in it."""
 
     @abc.abstractmethod
     def get(self, name: str, zone: str) -> Node | None:
@@ -94,9 +132,10 @@ class Provider(abc.ABC):
         """Copy one file from a worker's smoke directory to this machine."""
 
     @abc.abstractmethod
-    def delete(self, name: str, zone: str) -> bool:
-        """Delete the node; True if it existed. Blocks until the delete finished."""
+    def delete(self, name: str, zone: str, kind: str = NODE) -> bool:
+        """Delete the node (or queued resource and its node); True if it existed. Blocks
+        until the delete finished."""
 
     @abc.abstractmethod
     def list(self, labels: dict[str, str], zones: tuple[str, ...]) -> list[Node]:
-        """Nodes carrying all of `labels` in the given zones."""
+        """Nodes and queued resources carrying all of `labels` in the given zones."""

@@ -6,6 +6,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from tpu.provider import ZoneAttempt
+
 
 @dataclass
 class Stage:
@@ -17,12 +19,14 @@ class Stage:
 
 @dataclass
 class StageReport:
-    """Stages in the order run; `facts` are key/value lines shown above the table."""
+    """Stages in the order run; `facts` are key/value lines shown above the table; `zones`
+    every zone a create tried, in order (also when one succeeded)."""
 
     title: str
     stages: list[Stage] = field(default_factory=list)
     facts: dict[str, str] = field(default_factory=dict)
     excerpt: str = ""
+    zones: list[ZoneAttempt] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)  # heading -> preformatted text (empty: left out)
 
     @contextlib.contextmanager
@@ -50,11 +54,18 @@ class StageReport:
         lines = [f"# {self.title}", ""]
         lines += [f"- **{key}**: {value}" for key, value in self.facts.items()]
         lines += ["", "| stage | outcome | seconds | note |", "|---|---|---:|---|"]
-        lines += [f"| {s.name} | {s.outcome} | {s.seconds:.1f} | {s.note.replace('|', '/')} |" for s in self.stages]
+        lines += [f"| {s.name} | {s.outcome} | {s.seconds:.1f} | {_cell(s.note)} |" for s in self.stages]
+        if self.zones:
+            lines += ["", "## Zones tried", "", "| zone | outcome | seconds | detail |", "|---|---|---:|---|"]
+            lines += [f"| {z.zone} | {z.outcome} | {z.seconds:.1f} | {_cell(z.detail)} |" for z in self.zones]
         for heading, text in [*self.sections.items(), ("Excerpt", self.excerpt)]:
             if text:
                 lines += ["", f"## {heading}", "", "```", text, "```"]
         return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")
 
 
 def artifact_key(*parts: str) -> str:

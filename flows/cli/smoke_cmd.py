@@ -17,7 +17,8 @@ def _relative_config(path: str, repo: Path) -> str:
 
 # The command-line flag behind each field of TpuRequest / SmokeTimeouts, for error messages.
 FLAGS = {"accelerator_type": "--accelerator", "runtime_version": "--runtime-version", "zones": "--zones",
-         "project": "--project", "workers": "--workers", "local_root": "--local-root", "job_s": "--job-timeout"}
+         "project": "--project", "workers": "--workers", "local_root": "--local-root", "job_s": "--job-timeout",
+         "provisioning": "--provisioning", "queue_wait_s": "--queue-wait", "create_timeout_s": "--create-timeout"}
 
 
 def _validated(model, **fields):
@@ -40,7 +41,8 @@ def _tpu_request(args: argparse.Namespace):
     zones = [z.strip() for z in args.zones.split(",") if z.strip()] if args.zones is not None else None
     return _validated(TpuRequest, accelerator_type=args.accelerator, runtime_version=args.runtime_version,
                       spot=not args.no_spot, project=args.project, workers=args.workers, local_root=args.local_root,
-                      zones=zones)
+                      zones=zones, provisioning=args.provisioning, queue_wait_s=args.queue_wait,
+                      create_timeout_s=args.create_timeout)
 
 
 def smoke(args: argparse.Namespace) -> int:
@@ -85,6 +87,12 @@ def register(subparsers) -> None:
     parser.add_argument("--zones", default=None, help="comma-separated zones, tried in order (default: the historical list)")
     parser.add_argument("--project", default=None, help="GCP project (default $GOOGLE_CLOUD_PROJECT)")
     parser.add_argument("--no-spot", action="store_true", help="on-demand instead of spot")
+    parser.add_argument("--provisioning", choices=("direct", "queued"), default=None,
+                        help="direct: create in each zone in turn (default); queued: a queued resource per zone, in turn")
+    parser.add_argument("--queue-wait", type=int, default=None,
+                        help="queued: seconds each zone's queued resource may wait for capacity (default 900)")
+    parser.add_argument("--create-timeout", type=float, default=None,
+                        help="seconds a create may take before its zone counts as failed (default 1800)")
     parser.add_argument("--workers", type=positive_int, default=None, help="local provider: worker hosts (default 1)")
     parser.add_argument("--local-root", default=None, help="local provider: directory of the VM directories")
     parser.add_argument("--repo", default=None, help="repository to test (default: this checkout)")

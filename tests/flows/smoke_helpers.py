@@ -1,8 +1,12 @@
-"""Shared pieces of the smoke-flow tests: a throwaway git repo holding the stand-in job."""
+"""Shared pieces of the smoke-flow tests: a throwaway git repo holding the stand-in job, and
+a stand-in for gcloud ssh/scp."""
+import json
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
+
+from tpu.provider import CommandResult
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_JOB = ("repo/tests/tpu/fake_job.py",)
@@ -33,3 +37,22 @@ def make_repo(path: Path, with_origin: bool = False) -> str:
 def grep_tree(root: Path, needle: str) -> list[str]:
     """Files under root whose bytes contain needle."""
     return [str(p) for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+class FakeSsh:
+    """Records every gcloud argv (and whether stdin was sent); answers the monitor as 'running',
+    or with `steps` as a job that finished them with exit code 0. scp finds no files."""
+
+    def __init__(self, steps: int | None = None):
+        self.calls, self.steps = [], steps
+
+    def __call__(self, argv, stdin, timeout_s):
+        self.calls.append((argv, stdin))
+        if argv[4] == "scp":
+            return CommandResult(0, 1, "", "no such file")
+        if "os.kill" in argv[-1]:
+            status = {"launched": True, "alive": True, "exit_code": None, "last_step": 1}
+            if self.steps is not None:
+                status.update(alive=False, exit_code=0, last_step=self.steps, steps_done=self.steps)
+            return CommandResult(0, 0, json.dumps(status))
+        return CommandResult(0, 0, "", "")

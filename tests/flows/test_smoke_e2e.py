@@ -127,6 +127,18 @@ def test_smoke_deployment_completes_and_deletes_the_vm(stack):
     assert logs and "wandb_key=present" in logs[0].read_text()
 
 
+def test_smoke_deployment_accepts_queued_provisioning(stack):
+    """`-p tpu='{"provisioning": "queued", ...}'` passes the deployment's parameter schema; the
+    local provider has no queue, so it provisions directly, and the report says what was asked."""
+    run_id = stack.run(*STAND_IN, 'job_env={"FAKE_JOB_STEP_S": "0.1"}',
+                       'tpu={"provisioning": "queued", "queue_wait_s": 600, "create_timeout_s": 300}')
+    flow_run = stack.wait(run_id)
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+    report = stack.artifact(run_id)
+    assert "**provisioning**: queued, up to 600 s per zone" in report and "| local | created |" in report
+    assert list(stack.vms.iterdir()) == []
+
+
 TINY = ["model.name_or_path=tiny-llama", "model.init=random", "model.tokenizer=byte", "rollout.batch_size=4",
         "rollout.n=2", "rollout.max_new_tokens=8", "train.steps=2"]
 

@@ -6,10 +6,9 @@ import os
 import pytest
 
 from fake_tpu_api import HISTORICAL_ZONES, FakeTpuApi, historical_zone_errors  # noqa: E402
-from smoke_helpers import FAKE_JOB, SECRET, grep_tree, make_repo  # noqa: E402
+from smoke_helpers import FAKE_JOB, SECRET, FakeSsh, grep_tree, make_repo  # noqa: E402
 
 from grpo_core.errors import UserError
-from tpu.provider import CommandResult
 from tpu.spec import SmokeTimeouts, TpuRequest
 
 FAST = SmokeTimeouts(ready_s=10, command_s=60, job_s=60, poll_s=0.05)
@@ -67,21 +66,6 @@ def test_dirty_tree_is_refused_before_any_vm(prefect_harness, tmp_path):
     with pytest.raises(UserError, match="uncommitted changes"):
         smoke(tmp_path).result()
     assert not (tmp_path / "vms").exists()
-
-
-class FakeSsh:
-    """Records every gcloud argv (and whether stdin was sent); answers the monitor as 'running'."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, argv, stdin, timeout_s):
-        self.calls.append((argv, stdin))
-        if argv[4] == "scp":
-            return CommandResult(0, 1, "", "no such file")
-        if "MONITOR" in argv[-1] or "os.kill" in argv[-1]:
-            return CommandResult(0, 0, json.dumps({"launched": True, "alive": True, "exit_code": None, "last_step": 1}))
-        return CommandResult(0, 0, "", "")
 
 
 def test_gcp_smoke_historical_zones_preempted_mid_run(prefect_harness, tmp_path, monkeypatch):

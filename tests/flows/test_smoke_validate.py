@@ -34,8 +34,8 @@ def test_reaper_deletes_only_old_labelled_vms_and_provision_creates_one(prefect_
     local.create(NodeSpec("unlabelled"))
     assert reap_flow(provider="local", tpu=tpu, ttl_hours=1.0) == []
     time.sleep(0.05)
-    assert reap_flow(provider="local", tpu=tpu, ttl_hours=1e-6, dry_run=True) == [f"{made['name']}@local"]
+    assert reap_flow(provider="local", tpu=tpu, ttl_hours=1e-6, dry_run=True) == [f"node {made['name']}@local"]
     assert (tmp_path / "vms" / made["name"]).is_dir()
-    assert reap_flow(provider="local", tpu=tpu, ttl_hours=1e-6) == [f"{made['name']}@local"]
+    assert reap_flow(provider="local", tpu=tpu, ttl_hours=1e-6) == [f"node {made['name']}@local"]
     assert sorted(p.name for p in (tmp_path / "vms").iterdir()) == ["unlabelled"]
     assert local.list(OWNER_LABELS) == []

@@ -1,10 +1,20 @@
 """A loopback fake of the Cloud TPU v2 REST API, enough for the real tpu_v2 client.
 
-Serves create/get/delete/list nodes and get operations under /v2/projects/P/locations/Z.
-`zone_errors` maps a zone to what its create does: ("op", code, message) = the create
-operation finishes with that error (how a stockout arrives); ("http", status, message) =
-the create request itself fails with that HTTP status (quota 429, reservation 404,
-permission 403). Every request is recorded as (method, path, body).
+Serves create/get/delete/list of nodes and of queued resources, and get of operations,
+under /v2/projects/P/locations/Z. Every request is recorded as (method, path, body).
+
+What a zone's create does (`zone_errors`, for nodes and queued resources alike):
+  ("op", code, message)     the create operation finishes with that error (how a stockout arrives)
+  ("http", status, message) the create request itself fails (quota 429, reservation 404, permission 403)
+  ("stuck",)                the create operation never finishes; the node sits in CREATING
+  ("leaves_node", status, message)  the request fails, but the node was made anyway
+How a zone's queued resource moves (`queue_plans`): one state per read of it, the last one
+repeating; a state is a name (ACCEPTED, WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE) or
+("FAILED", code, message). Reaching ACTIVE makes its node (READY). Default: ACCEPTED, ACTIVE.
+Transient faults (`flaky`): call kind -> faults served before the call works again, each an
+HTTP status (500, 502, 503, 504, 429) or "reset" (the connection is closed without an answer).
+Call kinds: create_node, get_node, list_node, delete_node, create_queued, get_queued,
+list_queued, delete_queued, get_operation. Operations finish after `op_polls` reads of them.
 """
 from __future__ import annotations
 
@@ -15,19 +25,45 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED"}
-NODE_TYPE = "type.googleapis.com/google.cloud.tpu.v2.Node"
-META_TYPE = "type.googleapis.com/google.cloud.tpu.v2.OperationMetadata"
+_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+           500: "INTERNAL", 502: "UNKNOWN", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+TYPE = "type.googleapis.com/google.cloud.tpu.v2."
+RESET = "reset"
+
+
+def _error(status: int, message: str) -> tuple[int, dict]:
+    return status, {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _call_kind(method: str, path: str) -> str:
+    collection = "queued" if "/queuedResources" in path else "node"
+    if "/operations/" in path:
+        return "get_operation"
+    if method == "POST":
+        return f"create_{collection}"
+    if method == "DELETE":
+        return f"delete_{collection}"
+    return f"list_{collection}" if path.endswith(("/nodes", "/queuedResources")) else f"get_{collection}"
 
 
 class FakeTpuApi:
-    def __init__(self, zone_errors: dict | None = None, preempt_after_gets: int | None = None, workers: int = 1):
+    def __init__(self, zone_errors: dict | None = None, preempt_after_gets: int | None = None, workers: int = 1,
+                 queue_plans: dict | None = None, flaky: dict | None = None, op_polls: int = 0):
         self.zone_errors = dict(zone_errors or {})
         self.preempt_after_gets = preempt_after_gets
         self.workers = workers
+        self.queue_plans = {zone: list(plan) for zone, plan in (queue_plans or {}).items()}
+        self.flaky = {kind: list(faults) for kind, faults in (flaky or {}).items()}
+        self.op_polls = op_polls
         self.nodes: dict[str, dict] = {}
+        self.queued: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}
         self.requests: list[tuple[str, str, dict]] = []
+        self.faults_served: list[tuple[str, object]] = []
         self.node_gets = 0
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -41,62 +77,152 @@ class FakeTpuApi:
         self.server.shutdown()
         self.server.server_close()
 
-    def creates(self) -> list[str]:
-        return [re.search(r"locations/([^/]+)", p).group(1) for m, p, _ in self.requests if m == "POST"]
+    def creates(self, collection: str = "nodes") -> list[str]:
+        return [re.search(r"locations/([^/]+)", p).group(1) for m, p, _ in self.requests
+                if m == "POST" and p.endswith(f"/{collection}")]
 
     def deletes(self) -> list[str]:
         return [p.split("/v2/")[1] for m, p, _ in self.requests if m == "DELETE"]
 
-    def _operation(self, zone: str, *, error=None, response=None) -> dict:
-        name = f"projects/p/locations/{zone}/operations/op-{len(self.operations) + 1}"
-        op = {"name": name, "done": True, "metadata": {"@type": META_TYPE}}
-        op.update({"error": {"code": error[0], "message": error[1]}} if error else {"response": response})
-        self.operations[name] = op
-        return op
+    def leftovers(self) -> list[str]:
+        """Every node and queued resource that still exists."""
+        return sorted([*self.nodes, *self.queued])
 
-    def create(self, parent: str, node_id: str, body: dict):
+    def add_node(self, zone: str, name: str, labels: dict, state: str = "READY", project: str = "p") -> dict:
+        """A node made outside the client (e.g. by another run)."""
+        path = f"projects/{project}/locations/{zone}/nodes/{name}"
+        endpoints = [{"ipAddress": f"10.0.0.{i}"} for i in range(self.workers)]
+        self.nodes[path] = {"name": path, "acceleratorType": "v6e-8", "runtimeVersion": "v6e-ubuntu-2404",
+                            "labels": dict(labels), "state": state, "networkEndpoints": endpoints, "createTime": _now()}
+        return self.nodes[path]
+
+    def _operation(self, zone: str, *, error=None, response=None, done: bool = True) -> dict:
+        name = f"projects/p/locations/{zone}/operations/op-{len(self.operations) + 1}"
+        op = {"name": name, "done": False, "metadata": {"@type": TYPE + "OperationMetadata"},
+              "_result": {"error": {"code": error[0], "message": error[1]}} if error else {"response": response},
+              "_polls_left": self.op_polls if done else None}
+        self.operations[name] = op
+        return self._read_operation(op, count=False)
+
+    def _read_operation(self, op: dict, count: bool = True) -> dict:
+        """done once `op_polls` reads have passed (never for a stuck one)."""
+        if op["_polls_left"] is not None:
+            if op["_polls_left"] <= 0:
+                op.update(done=True, **op["_result"])
+            elif count:
+                op["_polls_left"] -= 1
+        return self._public(op)
+
+    def _create_node(self, parent: str, node_id: str, body: dict):
         zone = parent.rsplit("/", 1)[-1]
-        kind = self.zone_errors.get(zone)
-        if kind and kind[0] == "http":
-            return kind[1], {"error": {"code": kind[1], "message": kind[2], "status": _STATUS.get(kind[1], "UNKNOWN")}}
-        if kind:
+        kind = self.zone_errors.get(zone, ("ok",))
+        if kind[0] == "http":
+            return _error(kind[1], kind[2])
+        if kind[0] == "op":
             return 200, self._operation(zone, error=(kind[1], kind[2]))
         name = f"{parent}/nodes/{node_id}"
-        endpoints = [{"ipAddress": f"10.0.0.{i}"} for i in range(self.workers)]
-        node = {**body, "name": name, "state": "READY", "networkEndpoints": endpoints,
-                "createTime": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")}
-        self.nodes[name] = node
-        return 200, self._operation(zone, response={"@type": NODE_TYPE, **node})
+        node = self.add_node(zone, node_id, body.get("labels", {}), "CREATING" if kind[0] == "stuck" else "READY",
+                             parent.split("/")[1])
+        node.update({k: v for k, v in body.items() if k != "labels"}, name=name)
+        if kind[0] == "leaves_node":
+            return _error(kind[1], kind[2])
+        if kind[0] == "stuck":
+            return 200, self._operation(zone, done=False)
+        return 200, self._operation(zone, response={"@type": TYPE + "Node", **node})
 
-    def get(self, path: str):
+    def _create_queued(self, parent: str, queued_id: str, body: dict):
+        zone = parent.rsplit("/", 1)[-1]
+        kind = self.zone_errors.get(zone, ("ok",))
+        if kind[0] == "http":
+            return _error(kind[1], kind[2])
+        if kind[0] == "op":
+            return 200, self._operation(zone, error=(kind[1], kind[2]))
+        name = f"{parent}/queuedResources/{queued_id}"
+        plan = self.queue_plans.get(zone, ["ACCEPTED", "ACTIVE"])
+        self.queued[name] = {**body, "name": name, "createTime": _now(), "_plan": list(plan)}
+        self._advance(self.queued[name])
+        return 200, self._operation(zone, response={"@type": TYPE + "QueuedResource", **self._public(self.queued[name])})
+
+    def _advance(self, resource: dict) -> None:
+        """Move to the next planned state (the last one stays); ACTIVE makes the node."""
+        plan = resource["_plan"]
+        step = plan.pop(0) if len(plan) > 1 else plan[0]
+        if isinstance(step, tuple):
+            resource["state"] = {"state": step[0], "failedData": {"error": {"code": step[1], "message": step[2]}}}
+            return
+        resource["state"] = {"state": step}
+        spec = resource["tpu"]["nodeSpec"][0]
+        if step == "ACTIVE" and f"{spec['parent']}/nodes/{spec['nodeId']}" not in self.nodes:
+            zone = spec["parent"].rsplit("/", 1)[-1]
+            self.add_node(zone, spec["nodeId"], spec["node"].get("labels", {}), project=spec["parent"].split("/")[1])
+
+    @staticmethod
+    def _public(resource: dict) -> dict:
+        return {k: v for k, v in resource.items() if not k.startswith("_")}
+
+    def _get(self, path: str):
         if "/operations/" in path:
-            return 200, self.operations[path]
+            return 200, self._read_operation(self.operations[path])
+        if "/queuedResources/" in path:
+            if path not in self.queued:
+                return _error(404, f"{path} not found")
+            self._advance(self.queued[path])
+            return 200, self._public(self.queued[path])
         node = self.nodes.get(path)
         if node is None:
-            return 404, {"error": {"code": 404, "message": f"{path} not found", "status": "NOT_FOUND"}}
+            return _error(404, f"{path} not found")
         self.node_gets += 1
         if self.preempt_after_gets is not None and self.node_gets > self.preempt_after_gets:
             node["state"] = "PREEMPTED"
         return 200, node
 
-    def list(self, parent: str):
+    def _list(self, parent: str, collection: str):
+        if collection == "queuedResources":
+            found = [self._public(q) for name, q in self.queued.items() if name.startswith(parent + "/")]
+            return 200, {"queuedResources": found}
         return 200, {"nodes": [n for name, n in self.nodes.items() if name.startswith(parent + "/")]}
 
-    def delete(self, path: str):
-        if self.nodes.pop(path, None) is None:
-            return 404, {"error": {"code": 404, "message": f"{path} not found", "status": "NOT_FOUND"}}
-        return 200, self._operation(path.split("/")[3], response={"@type": "type.googleapis.com/google.protobuf.Empty"})
+    def _delete(self, path: str, force: bool):
+        zone = path.split("/")[3]
+        if "/queuedResources/" in path:
+            resource = self.queued.get(path)
+            if resource is None:
+                return _error(404, f"{path} not found")
+            spec = resource["tpu"]["nodeSpec"][0]
+            node_path = f"{spec['parent']}/nodes/{spec['nodeId']}"
+            if node_path in self.nodes and not force:
+                return _error(400, f"queued resource {path} has a node; delete with force=true")
+            self.nodes.pop(node_path, None)
+            del self.queued[path]
+        elif self.nodes.pop(path, None) is None:
+            return _error(404, f"{path} not found")
+        return 200, self._operation(zone, response={"@type": "type.googleapis.com/google.protobuf.Empty"})
+
+    def _fault(self, kind: str):
+        faults = self.flaky.get(kind)
+        if faults:
+            fault = faults.pop(0)
+            self.faults_served.append((kind, fault))
+            return fault
+        return None
 
     def handle(self, method: str, url: str, body: dict):
         parsed = urlparse(url)
-        path = parsed.path.removeprefix("/v2/")
+        path, query = parsed.path.removeprefix("/v2/"), parse_qs(parsed.query)
         with self._lock:
             self.requests.append((method, parsed.path, body))
+            fault = self._fault(_call_kind(method, path))
+            if fault is not None:
+                return fault if fault == RESET else _error(fault, f"injected fault {fault}")
+            if method == "POST" and path.endswith("/queuedResources"):
+                return self._create_queued(path.removesuffix("/queuedResources"), query["queuedResourceId"][0], body)
             if method == "POST":
-                return self.create(path.removesuffix("/nodes"), parse_qs(parsed.query)["nodeId"][0], body)
+                return self._create_node(path.removesuffix("/nodes"), query["nodeId"][0], body)
             if method == "DELETE":
-                return self.delete(path)
-            return self.list(path.removesuffix("/nodes")) if path.endswith("/nodes") else self.get(path)
+                return self._delete(path, query.get("force", ["false"])[0] == "true")
+            if path.endswith(("/nodes", "/queuedResources")):
+                return self._list(*path.rsplit("/", 1))
+            return self._get(path)
 
     def _handler(self):
         api = self
@@ -105,7 +231,11 @@ class FakeTpuApi:
             def _serve(self, method):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                status, payload = api.handle(method, self.path, body)
+                answer = api.handle(method, self.path, body)
+                if answer == RESET:
+                    self.close_connection = True
+                    return
+                status, payload = answer
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

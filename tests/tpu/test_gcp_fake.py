@@ -17,8 +17,10 @@ def provider(api: FakeTpuApi) -> GcpProvider:
 def test_historical_sequence_creates_in_europe_west4_a_and_deletes_there():
     with FakeTpuApi(historical_zone_errors()) as api:
         gcp = provider(api)
-        node = gcp.create(SPEC)
+        made = gcp.create(SPEC)
+        node = made.node
         assert node.zone == "europe-west4-a" and node.state == "READY"
+        assert [a.zone for a in made.attempts] == list(HISTORICAL_ZONES) and made.attempts[-1].outcome == "created"
         assert api.creates() == list(HISTORICAL_ZONES)
         body = next(b for m, _, b in api.requests if m == "POST" and "europe-west4-a" in _)
         assert body["acceleratorType"] == "v6e-8" and body["runtimeVersion"] == "v6e-ubuntu-2404"
@@ -33,7 +35,7 @@ def test_failures_are_classified_per_zone():
     with FakeTpuApi(historical_zone_errors()) as api:
         with pytest.raises(ProvisionError) as err:
             provider(api).create(NodeSpec("x", zones=HISTORICAL_ZONES[:9]))
-    reasons = [reason for _, reason, _ in err.value.attempts]
+    reasons = [attempt.outcome for attempt in err.value.attempts]
     assert reasons == ["capacity"] * 3 + ["quota_zero"] * 3 + ["reservation_not_found"] * 3
     assert "no zone could create v6e-8" in str(err.value)
 
@@ -44,7 +46,7 @@ def test_permission_error_stops_at_the_first_zone():
         with pytest.raises(ProvisionError) as err:
             provider(api).create(SPEC)
         assert api.creates() == ["us-east1-d"]
-    assert err.value.attempts[-1][1] == "permission" and "stopped" in str(err.value)
+    assert err.value.attempts[-1].outcome == "permission" and "stopped" in str(err.value)
 
 
 def test_region_scoped_quota_skips_the_regions_other_zones():
@@ -52,14 +54,15 @@ def test_region_scoped_quota_skips_the_regions_other_zones():
     errors = {"us-east5-b": ("http", 429, "Quota limit 'TPUV6EPreemptiblePodPerProjectPerRegionForTPUAPI' "
                                           "has been exceeded. Limit: 0 in region us-east5.")}
     with FakeTpuApi(errors) as api:
-        node = provider(api).create(NodeSpec("x", zones=zones))
-        assert api.creates() == ["us-east5-b", "europe-west4-a"] and node.zone == "europe-west4-a"
+        made = provider(api).create(NodeSpec("x", zones=zones))
+        assert api.creates() == ["us-east5-b", "europe-west4-a"] and made.node.zone == "europe-west4-a"
+        assert [a.outcome for a in made.attempts] == ["quota_zero", "skipped_region", "skipped_region", "created"]
 
 
 def test_preempted_node_is_seen_and_listed_by_label():
     with FakeTpuApi(preempt_after_gets=1, workers=4) as api:
         gcp = provider(api)
-        node = gcp.create(NodeSpec("x", zones=("europe-west4-a",), labels={"grpo-flows": "smoke"}))
+        node = gcp.create(NodeSpec("x", zones=("europe-west4-a",), labels={"grpo-flows": "smoke"})).node
         assert node.workers == 4
         assert gcp.get("x", "europe-west4-a").state == "READY"
         assert gcp.get("x", "europe-west4-a").state == "PREEMPTED"

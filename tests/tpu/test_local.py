@@ -52,7 +52,9 @@ def gone(pid: int) -> bool:
 def test_local_vm_full_cycle(tmp_path):
     sha = make_repo(tmp_path / "src")
     provider = LocalProvider(tmp_path / "vms", workers=2)
-    node = provider.create(NodeSpec("vm-1", labels={"grpo-flows": "smoke"}))
+    made = provider.create(NodeSpec("vm-1", labels={"grpo-flows": "smoke"}))
+    node = made.node
+    assert [(a.zone, a.outcome) for a in made.attempts] == [("local", "created")]
     assert provider.wait_ready(node, 1).state == "READY"
     for argv in scripts.bootstrap_commands("local", sys.executable) + scripts.sync_commands(str(tmp_path / "src"), sha):
         results = run_ok(provider, node, argv)
@@ -75,7 +77,7 @@ def test_local_vm_full_cycle(tmp_path):
 def test_faults_are_visible_to_the_monitor(tmp_path):
     sha = make_repo(tmp_path / "src")
     provider = LocalProvider(tmp_path / "vms")
-    node = provider.create(NodeSpec("vm-2"))
+    node = provider.create(NodeSpec("vm-2")).node
     for argv in scripts.bootstrap_commands("local", sys.executable) + scripts.sync_commands(str(tmp_path / "src"), sha):
         run_ok(provider, node, argv)
     run_ok(provider, node, scripts.install_commands("local")[0])
