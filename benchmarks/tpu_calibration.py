@@ -110,7 +110,7 @@ def report(jsonl: Path) -> list[dict]:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "n/a"
         flag = "" if r["ratio"] and BOUNDS[0] <= r["ratio"] <= BOUNDS[1] else " **out of bounds**"
         print(f"| {r['model']} | {r['batch']} | {r['length']} | {r['slice']} | {r['phase']} | {xla} | "
-              f"{r['estimate_bytes'] / gib:.2f} | {ratio}{flag} | {r['compile_seconds']} |")
+              f"{r['estimate_bytes'] / gib:.2f} | {ratio}{flag} | {'(cached)' if r['cached'] else r['compile_seconds']} |")
     ratios = [r["ratio"] for r in rows if r["ratio"]]
     if ratios:
         print(f"\n{len(ratios)} cells: estimate/XLA from {min(ratios):.2f} to {max(ratios):.2f}")

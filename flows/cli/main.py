@@ -47,9 +47,6 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks.platforms import prefer_cpu_without_tpu
-
-    prefer_cpu_without_tpu()  # before any command initialises jax
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)

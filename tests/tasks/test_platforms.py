@@ -36,9 +36,8 @@ def test_cpu_is_chosen_only_with_libtpu_and_no_chips(monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
 def test_grpo_command_is_quiet_with_libtpu_installed():
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-    code = "import sys; from flows.cli.main import main; import jax; print(jax.devices()[0].platform); sys.exit(0)"
-    # What every grpo command does first (main), then jax's first use:
-    script = "from tasks.platforms import prefer_cpu_without_tpu; prefer_cpu_without_tpu(); " + code
+    # What every grpo command and deployed flow does (import the flows package), then jax's first use:
+    script = "import flows.cli.main, jax; print(jax.devices()[0].platform)"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip() == "cpu"
     assert "TPU_WORKER_HOSTNAMES" not in done.stderr and "libtpu" not in done.stderr, done.stderr
