@@ -222,9 +222,10 @@ def make_group_batch(n: int, seed: int = 0) -> dict:
     return batch
 
 
-@pytest.mark.parametrize("n_devices, micro", [(1, 1), (1, 2), (4, 2)])
+@pytest.mark.parametrize("n_devices, micro", [(1, 1), (1, 2), (4, 2), (8, 1)])
 def test_shared_prompt_forward_gives_the_same_update(n_devices, micro):
-    """Running each group's prompt once (group_size=4) == running it for every row."""
+    """Running each group's prompt once (group_size=4) == running it for every row; with
+    (4, 2) and (8, 1) a device holds 2 rows of a group, which share one prompt forward."""
     batch = make_group_batch(4)
     kw = dict(n_devices=n_devices, micro_batches=micro, batch=batch, score_last=COMPLETION, loss_cfg=LossCfg)
     before, reference, m_ref = run_step(optax.sgd(1.0), **kw)
@@ -247,4 +248,13 @@ def test_groups_that_do_not_share_a_prompt_are_rejected():
     trainer = Trainer(CFG, optax.sgd(1.0), mesh=mesh_of(1), score_last=COMPLETION, group_size=4)
     with pytest.raises(ValueError, match="differ in their prompt columns"):
         trainer.shard_batch(make_batch(seed=1))  # independent prompts per row
-    assert trainer._shared_group(16) == 4 and trainer._shared_group(6) == 1
+    assert trainer._shared_group(16) == 4 and trainer._shared_group(6) == 2
+
+
+def test_bs128_on_eight_devices_shares_prompts_within_each_device():
+    # The shipped bs128 configs on v6e-8: 16 prompts x 8 = 128 rows over 8 batch shards in 4
+    # micro-batches = 4 rows per device per micro-batch, half a group: 4 rows share a prompt
+    # forward (before: whole groups only, so no sharing at all on the slice).
+    trainer = Trainer(CFG, optax.sgd(1.0), mesh=mesh_of(8), micro_batches=4, score_last=COMPLETION, group_size=8)
+    assert trainer._shared_group(128) == 4
+    assert Trainer(CFG, optax.sgd(1.0), mesh=mesh_of(8), micro_batches=4, group_size=8)._shared_group(128) == 1
