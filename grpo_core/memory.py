@@ -29,7 +29,7 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
    the residual stream per layer is kept and one layer is recomputed at a time.
 7. Logits are float32. The update holds `Workload.logit_copies` [mb, M, V] arrays for a
    micro-batch: on CPU 3 (logits, softmax for logsumexp/entropy, and their gradient), on
-   TPU 1.5 (`TPU_UPDATE_LOGIT_COPIES`: XLA fuses them into one buffer): only the M
+   TPU 1 (`TPU_UPDATE_LOGIT_COPIES`: XLA fuses them into one buffer): only the M
    completion columns go through the LM head. Its batch is T = prompt rounded up to 16 +
    M new tokens wide (grpo_core.phases); when a micro-batch holds whole GRPO groups the
    prompt part runs once per group and its keys/values are repeated for the group's
@@ -70,10 +70,9 @@ from grpo_core.sharding import logical_to_spec
 
 GIB = 1024**3
 UPDATE_LOGIT_COPIES = 3  # XLA:CPU (process RSS, benchmarks/memory_check.py)
-# XLA:TPU's buffer assignment holds ONE float32 [mb, M, V] array at the update's peak (SmolLM2,
-# 16x8, 512 new tokens, v6e-8); 1.5 is what the Qwen2.5-0.5B update needs beside the other
-# parts (calibrated, benchmarks/RESULTS.md), so the estimate stays above XLA.
-TPU_UPDATE_LOGIT_COPIES = 1.5
+# XLA:TPU's buffer assignment holds ONE float32 [mb, M, V] array at the update's peak
+# (SmolLM2, 16x8, 512 new tokens, v6e-8: f32[4,512,49152], 384 MiB).
+TPU_UPDATE_LOGIT_COPIES = 1
 DECODE_LOGIT_COPIES = 6
 OPTIMIZER_MOMENTS = {"lion": 1, "adamw": 2, "sgd": 0}
 
@@ -350,6 +349,10 @@ def update_components(w: Workload) -> dict[str, int]:
     parts = _resident(w)
     parts["gathered weights"] = _gathered_weights(w, layers=2)
     parts["gradients"] = param_bytes_per_device(w, 4) + param_bytes_per_device(w, pb)
+    if w.mesh_sizes.get("fsdp", 1) * w.tp > 1:
+        # The gathered [V, D] matrix's gradient, whole and float32, before it is reduce-
+        # scattered onto the shards (f32[49152,576] in XLA's buffer assignment for SmolLM2).
+        parts["head gradient"] = m.vocab_size * m.hidden_size * 4 // w.tp
     n = math.gcd(w.group_size, mb)
     if n > 1:
         # Shared prompts (grpo_core.train_step): runs of n = gcd(group size, rows per device)
