@@ -4,12 +4,14 @@ Each command module exposes `register(subparsers)`, which adds its parser and se
 `handler=fn(args) -> int`. Modules are imported when the parser is built; each keeps its
 heavy imports (jax, prefect) inside the handler so `grpo --help` and `grpo print-config`
 stay fast. User errors (`UserError`) print one line and exit with their code (2 for bad
-input, 3 for "will not fit"); anything else keeps its traceback.
+input, 3 for "will not fit"); anything else keeps its traceback. Every command gets
+--quiet/--verbose and the one logging setup of `flows.console`.
 """
 import argparse
 import importlib
 import sys
 
+from flows.console import NORMAL, QUIET, VERBOSE, setup_logging
 from grpo_core.errors import UserError
 
 COMMAND_MODULES = (
@@ -18,6 +20,7 @@ COMMAND_MODULES = (
     "flows.cli.train_cmd",
     "flows.cli.preflight_cmd",
     "flows.cli.smoke_cmd",
+    "flows.cli.status_cmd",
 )
 
 
@@ -27,7 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _add_verbosity(parser)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """--quiet/--verbose on every leaf command (`grpo models pull ... --quiet` too)."""
+    children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in children:
+        for child in dict.fromkeys(action.choices.values()):
+            _add_verbosity(child)
+    if children:
+        return
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=QUIET, default=NORMAL,
+                       help="show warnings and errors only (no live view)")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=VERBOSE,
+                       help="also show debug lines and Prefect's task/flow state changes")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -48,6 +67,7 @@ def positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbosity)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
