@@ -116,6 +116,9 @@ class LiveView:
             TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("elapsed"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=Console(file=sys.stderr), redirect_stdout=True, redirect_stderr=True,
+            # rich averages the speed over the last 30 s by default: no ETA at all when a
+            # step takes longer. Ten minutes spans many steps and still follows a change.
+            speed_estimate_period=600,
         )
         self.task = self.progress.add_task("training", total=total_steps, completed=done_steps)
         self.progress.start()

@@ -144,3 +144,28 @@ def test_status_of_a_folder_that_is_not_a_run(tmp_path):
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
         assert str(folder) in result.stderr and "grpo train" in result.stderr
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_live_view_keeps_log_lines_off_its_own_lines(terminal, monkeypatch):
+    from flows.console import LiveView
+
+    stream = FakeTerminal()
+    terminal(NORMAL)
+    monkeypatch.setattr(sys, "stderr", stream)
+    view = LiveView(total_steps=2)
+    for step in range(2):
+        logging.getLogger("grpo_flows.train").info("step=%d reward_mean=0.5", step)
+        view.step_done({"step": step, "reward_mean": 0.5, "loss": 0.1, "time_rollout": 1.0})
+    view.stop()
+    raw = stream.getvalue()
+    assert "\x1b[" in raw  # drawn as a live terminal view
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line).split("\r")[-1] for line in raw.split("\n")]
+    logged = [line for line in lines if "reward_mean=" in line]
+    assert len(logged) == 2 and all(LINE.match(line) for line in logged), logged
+    assert any(line.startswith("step 2/2") and "elapsed" in line and "ETA" in line for line in lines), lines
+    assert "step 1 | reward 0.5 | loss 0.1 | rollout 1.0s" in lines
