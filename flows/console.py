@@ -131,6 +131,7 @@ class LiveView:
         self.progress.stop()
 
 
+PHASES = ("rollout", "reward", "advantage", "update", "eval")
 CORE_COLUMNS = ("step", "reward_mean", "reward_gsm8k_correct_mean", "pass@k", "loss", "kl", "grad_norm",
                 "completion_length_mean", "step_seconds", "cached")
 
@@ -155,6 +156,6 @@ def step_summary(record: dict) -> str:
             parts.append(f"{label} {record[name]:.3g}")
     if record.get("rollout_tokens_per_s"):
         parts.append(f"{record['rollout_tokens_per_s']:.0f} tok/s")
-    phases = [f"{key.removeprefix('time_')} {value:.1f}s" for key, value in record.items() if key.startswith("time_")]
-    parts.append(" ".join(phases) if phases else "cached")
+    phases = [f"{phase} {record[f'time_{phase}']:.1f}s" for phase in PHASES if f"time_{phase}" in record]
+    parts.append("cached" if record.get("cached") or not phases else " ".join(phases))
     return " | ".join(parts)
