@@ -62,8 +62,8 @@ async def step_flow(run_id: str, step: int) -> dict:
     """One training step: the four phases (each a cached task) and, when due, eval."""
     session = get_session(run_id)
     opts, digests = cache_options(session.run_dir), _phase_inputs(session)
-    prompt_ids = [int(it["prompt_id"]) for it in session.items_for_step(step)]
-    rollout_input = _input(session, step, "rollout", digests, params_version=step, prompt_ids=prompt_ids)
+    rollout_input = _input(session, step, "rollout", digests, params_version=step,
+                           prompt_ids=_prompt_ids(session, step))
     rolled = phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))(rollout_input)
     rewarded = phases.reward.with_options(**opts)(_input(session, step, "reward", digests, upstream=rolled))
     advantaged = phases.advantage.with_options(**opts)(_input(session, step, "advantage", digests, upstream=rewarded))
@@ -83,19 +83,22 @@ def _eval_due(cfg: RunConfig, step: int) -> bool:
     return bool(cfg.eval.every_steps) and (step + 1) % cfg.eval.every_steps == 0
 
 
+def _prompt_ids(plan: RunPlan, step: int) -> list[int]:
+    return [int(item["prompt_id"]) for item in plan.items_for_step(step)]
+
+
 def _step_is_cached(plan: RunPlan, step: int, digests: dict) -> bool:
     """Whether every phase of `step` would be a cache hit (each artifact intact), found
-    by reading the cache records the way the step flow's tasks would, without running any."""
-    upstream = cached_manifest(_input(plan, step, "rollout", digests, params_version=step, prompt_ids=[
-        int(it["prompt_id"]) for it in plan.items_for_step(step)]).cache_key(), plan.run_dir)
+    by reading the cache records the step flow's tasks would read, without running any."""
+    def cached(phase: str, **extra):
+        return cached_manifest(_input(plan, step, phase, digests, **extra).cache_key(), plan.run_dir)
+
+    manifest = cached("rollout", params_version=step, prompt_ids=_prompt_ids(plan, step))
     for phase in ("reward", "advantage", "update"):
-        if upstream is None:
-            return False
-        upstream = cached_manifest(_input(plan, step, phase, digests, upstream=upstream).cache_key(), plan.run_dir)
-    if _eval_due(plan.cfg, step):
-        eval_input = _input(plan, step, "eval", digests, params_version=step + 1)
-        return upstream is not None and cached_manifest(eval_input.cache_key(), plan.run_dir) is not None
-    return upstream is not None
+        manifest = manifest and cached(phase, upstream=manifest)
+    if manifest and _eval_due(plan.cfg, step):
+        manifest = cached("eval", params_version=step + 1)
+    return manifest is not None
 
 
 def finished_summary(config: RunConfig, run_dir: Path) -> dict | None:
