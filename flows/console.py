@@ -24,6 +24,9 @@ QUIET, NORMAL, VERBOSE = -1, 0, 1
 # Run state lines, the run's "View at <url>" (the embedded server has no UI), and the bare
 # `prefect` logger's notes (the embedded server starting and stopping, with a link).
 _CHATTER_LOGGERS = ("prefect", "prefect.engine", "prefect.flow_runs", "prefect.task_runs")
+# Prefect's event and log workers warn whenever they are drained with items still queued,
+# which is the case at the end of every run: nothing a user can act on.
+_DRAIN_NOTE = "Still processing items"
 _state = {"verbosity": NORMAL}
 
 
@@ -48,6 +51,8 @@ class RunChatterFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.INFO and record.name in _CHATTER_LOGGERS:
+            return self.show
+        if record.getMessage().startswith(_DRAIN_NOTE):
             return self.show
         return True
 

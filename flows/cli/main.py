@@ -66,16 +66,38 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; as the program itself (argv from the command line), also leave the
+    process at once when done (see `_leave`). Called with an argv list (tests), return."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbosity)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if argv is None:
+        _leave(code)
+    return code
+
+
+def _leave(code: int) -> None:
+    """Run the exit handlers, flush and exit without the interpreter's own teardown.
+
+    Freeing the modules of jax, prefect and their dependencies one by one took ~11 s
+    after a `grpo train` on this 2-core machine (the exit handlers themselves 0.1 s):
+    most of the time a finished run's rerun took. Every file the commands write is closed
+    by then; the exit handlers flush the logs and stop what Prefect and JAX started.
+    """
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

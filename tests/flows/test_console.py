@@ -45,6 +45,7 @@ def emit_samples():
     logging.getLogger("grpo_flows.cache").debug("a debug note")
     logging.getLogger("prefect.task_runs").warning("a task warning")
     logging.getLogger("some.library").info("library info")
+    logging.getLogger("EventsWorker").warning("Still processing items: 1 items remaining...")
 
 
 def test_default_shows_step_lines_and_warnings_not_run_chatter(terminal):
@@ -61,7 +62,7 @@ def test_verbose_adds_chatter_and_debug_quiet_keeps_warnings_only(terminal):
     emit_samples()
     shown = [line.split(" - ", 1)[1] for line in stream.getvalue().splitlines()]
     assert shown == ["Finished in state Completed()", "Beginning subflow run 'step-1'", "step=0 reward_mean=0.5",
-                     "a debug note", "a task warning"]
+                     "a debug note", "a task warning", "Still processing items: 1 items remaining..."]
     stream.seek(0)
     stream.truncate()
     setup_logging(QUIET)
