@@ -4,7 +4,8 @@ Lines look like Prefect's own console format (`HH:MM:SS.mmm | LEVEL | logger - m
 Prefect's per-run engine chatter ("Beginning subflow run", "Finished in state
 Completed()", ...) is INFO on the `prefect.flow_runs`/`prefect.task_runs` loggers; it
 still reaches the Prefect API (their own handler), but on the terminal it counts as
-DEBUG, shown only with --verbose (so are the bare `prefect` logger's INFO notes). Warnings and errors are always shown.
+DEBUG, shown only with --verbose (so are the bare `prefect` logger's INFO notes).
+Warnings and errors are always shown.
 
 In a terminal a training run adds a live view at the bottom (rich). The console handler
 looks up `sys.stderr` at every record rather than holding the stream: while the live
