@@ -1,22 +1,24 @@
-"""What a run reports: metrics.jsonl, a `step=N` log line, a progress bar, W&B (process 0),
-Prefect artifacts (metrics table, progress, summary), a reward-curve PNG and summary.json.
+"""What a run reports: metrics.jsonl, a `step=N` log line, a live view in a terminal, W&B
+(process 0), Prefect artifacts (metrics table, progress, summary), a reward-curve PNG and
+summary.json.
 
 Only process 0 writes run-level files and talks to W&B and the Prefect API.
 """
 import hashlib
 import json
+import logging
 import re
 import time
 
 import jax
 import numpy as np
 
+from flows.console import LiveView, live_view_allowed, step_line
 from flows.wandb_sink import WandbSink
 from grpo_core.artifacts import atomic_write_bytes
 from tasks.multihost import combine_stats, host_value
 
-CORE_COLUMNS = ("step", "reward_mean", "reward_gsm8k_correct_mean", "pass@k", "loss", "kl", "grad_norm",
-                "completion_length_mean", "step_seconds", "cached")
+logger = logging.getLogger("grpo_flows.train")
 
 
 def params_sha256(params) -> str:
@@ -62,7 +64,8 @@ class RunObserver:
         self.records = self._load()
         self.started = time.perf_counter()
         self.wandb = WandbSink(self.cfg, session.run_dir) if self.is_main else None
-        self.progress = ProgressBar(self.cfg) if self.is_main else None
+        show = self.is_main and self.cfg.logging.progress_bar and live_view_allowed()
+        self.live = LiveView(self.cfg.train.steps) if show else None
         self._progress_artifact = None
 
     def _load(self) -> dict[int, dict]:
@@ -79,11 +82,11 @@ class RunObserver:
             return
         lines = "".join(json.dumps(self.records[k], sort_keys=True) + "\n" for k in sorted(self.records))
         atomic_write_bytes(self.path, lines.encode())
-        print(_log_line(record), flush=True)
+        logger.info(step_line(record))
         if self.wandb and not record["cached"]:
             self.wandb.log(record, step)
-        if self.progress:
-            self.progress.advance()
+        if self.live:
+            self.live.step_done(record)
         self._prefect_progress(step)
 
     def _prefect_progress(self, step: int) -> None:
@@ -114,8 +117,8 @@ class RunObserver:
         return summary
 
     def close(self) -> None:
-        if self.progress:
-            self.progress.stop()
+        if self.live:
+            self.live.stop()
         if self.wandb:
             self.wandb.close()
 
@@ -128,38 +131,3 @@ def _reward_trend(records: dict[int, dict]) -> dict:
     if not values:
         return {}
     return {"first5_correct_mean": float(np.mean(values[:5])), "last5_correct_mean": float(np.mean(values[-5:]))}
-
-
-def _log_line(record: dict) -> str:
-    parts = [f"step={record['step']}"]
-    for name in CORE_COLUMNS[1:]:
-        value = record.get(name)
-        if isinstance(value, bool):
-            parts.append(f"{name}={str(value).lower()}")
-        elif value is not None:
-            parts.append(f"{name}={value:.4g}")
-    return " ".join(parts)
-
-
-class ProgressBar:
-    """A rich progress bar on stderr when enabled and attached to a terminal."""
-
-    def __init__(self, cfg):
-        import sys
-
-        self.bar = None
-        if cfg.logging.progress_bar and sys.stderr.isatty():
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task("training", total=cfg.train.steps)
-
-    def __bool__(self) -> bool:
-        return self.bar is not None
-
-    def advance(self) -> None:
-        self.bar.advance(self.task)
-
-    def stop(self) -> None:
-        self.bar.stop()

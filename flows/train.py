@@ -5,27 +5,35 @@
 Model state lives in the process-level `TrainSession`; Prefect only sees manifests. On a
 restart the session restores the newest checkpoint; steps before it replay as cache
 hits, and steps after it reuse their cached rollout/reward/advantage artifacts and
-re-run `update` on them, so nothing is sampled twice.
+re-run `update` on them, so nothing is sampled twice. A run whose every phase is already
+cached (a finished run, run again) is recognised before the model is loaded: nothing is
+loaded, restored or run, and the saved summary is returned.
 
 Both flows are async: Prefect's sync engine joins its heartbeat thread for up to a second
 at the end of every flow run, which would be ~5% of a quickstart step.
 """
+import json
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import jax
 from prefect import flow
 from prefect.context import SyncClientContext
 
+from flows.console import run_logs_to_prefect
 from flows.observe import RunObserver
 from schemas.run import RunConfig
 from tasks import phases
-from tasks.cache import PhaseInput, cache_options, config_digest, drop_if_broken
+from tasks.cache import PhaseInput, cache_options, cached_manifest, config_digest, drop_if_broken
 from tasks.multihost import all_processes
-from tasks.session import TrainSession, get_session
+from tasks.session import RunLock, RunPlan, TrainSession, get_session
+
+logger = logging.getLogger("grpo_flows.train")
 
 
-def _phase_inputs(session, step: int) -> dict:
+def _phase_inputs(session) -> dict:
     """The config each phase reads, hashed into its cache key."""
     cfg = session.cfg
     return {
@@ -53,9 +61,9 @@ def _refresh(phase_input: PhaseInput) -> bool:
 async def step_flow(run_id: str, step: int) -> dict:
     """One training step: the four phases (each a cached task) and, when due, eval."""
     session = get_session(run_id)
-    opts, digests = cache_options(session.run_dir), _phase_inputs(session, step)
-    prompt_ids = [int(it["prompt_id"]) for it in session.items_for_step(step)]
-    rollout_input = _input(session, step, "rollout", digests, params_version=step, prompt_ids=prompt_ids)
+    opts, digests = cache_options(session.run_dir), _phase_inputs(session)
+    rollout_input = _input(session, step, "rollout", digests, params_version=step,
+                           prompt_ids=_prompt_ids(session, step))
     rolled = phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))(rollout_input)
     rewarded = phases.reward.with_options(**opts)(_input(session, step, "reward", digests, upstream=rolled))
     advantaged = phases.advantage.with_options(**opts)(_input(session, step, "advantage", digests, upstream=rewarded))
@@ -65,10 +73,47 @@ async def step_flow(run_id: str, step: int) -> dict:
     replay = session.params_version <= step
     updated = phases.update.with_options(**opts, refresh_cache=replay)(update_input, rolled)
     manifests = {"rollout": rolled, "reward": rewarded, "advantage": advantaged, "update": updated}
-    if session.cfg.eval.every_steps and (step + 1) % session.cfg.eval.every_steps == 0:
+    if _eval_due(session.cfg, step):
         eval_input = _input(session, step, "eval", digests, params_version=step + 1)
         manifests["eval"] = phases.evaluate.with_options(**opts, refresh_cache=_refresh(eval_input))(eval_input)
     return manifests
+
+
+def _eval_due(cfg: RunConfig, step: int) -> bool:
+    return bool(cfg.eval.every_steps) and (step + 1) % cfg.eval.every_steps == 0
+
+
+def _prompt_ids(plan: RunPlan, step: int) -> list[int]:
+    return [int(item["prompt_id"]) for item in plan.items_for_step(step)]
+
+
+def _step_is_cached(plan: RunPlan, step: int, digests: dict) -> bool:
+    """Whether every phase of `step` would be a cache hit (each artifact intact), found
+    by reading the cache records the step flow's tasks would read, without running any."""
+    def cached(phase: str, **extra):
+        return cached_manifest(_input(plan, step, phase, digests, **extra).cache_key(), plan.run_dir)
+
+    manifest = cached("rollout", params_version=step, prompt_ids=_prompt_ids(plan, step))
+    for phase in ("reward", "advantage", "update"):
+        manifest = manifest and cached(phase, upstream=manifest)
+    if manifest and _eval_due(plan.cfg, step):
+        manifest = cached("eval", params_version=step + 1)
+    return manifest is not None
+
+
+def finished_summary(config: RunConfig, run_dir: Path) -> dict | None:
+    """The saved summary of a run that has nothing left to compute, else None.
+
+    Every process checks its own shards; the run counts as finished only when all agree.
+    """
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    finished = summary is not None and summary.get("steps") == config.train.steps
+    if finished:
+        plan = RunPlan(config, run_dir)
+        digests = _phase_inputs(plan)
+        finished = all(_step_is_cached(plan, step, digests) for step in range(config.train.steps))
+    return summary if all_processes(finished) else None
 
 
 @contextmanager
@@ -86,7 +131,21 @@ def shared_client():
 @flow(name="train", log_prints=True, persist_result=False)
 async def train_flow(config: RunConfig, run_dir: str = "runs/default") -> dict:
     """Train for `config.train.steps` steps in `run_dir`, resuming whatever is already there."""
-    session = TrainSession.open(config, Path(run_dir))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with run_logs_to_prefect():
+        lock = RunLock(Path(run_dir), jax.process_index())
+        try:
+            summary = finished_summary(config, Path(run_dir))
+        finally:
+            lock.release()
+        if summary is not None:
+            logger.info("nothing to do: %d steps already trained", summary["steps"])
+            return summary
+        return await _train(config, Path(run_dir))
+
+
+async def _train(config: RunConfig, run_dir: Path) -> dict:
+    session = TrainSession.open(config, run_dir)
     observer = RunObserver(session)
     try:
         with shared_client():

@@ -59,12 +59,17 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def _describe(error: dict) -> str:
-    field = ".".join(str(p) for p in error["loc"]) or "config"
+    field = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown config key {field}; check its spelling against `grpo print-config`"
     if error["type"] == "missing":
         return f"{field} is required"
-    return f"{field}={error.get('input')!r} is not allowed: {error['msg']}"
+    if error["type"] == "value_error" and isinstance(error.get("input"), dict):
+        # A model-level validator: its message names the fields; the input is a whole
+        # (sub)config, too long and too nested to repeat.
+        reason = error["msg"].removeprefix("Value error, ")
+        return f"{field}: {reason}" if field else reason
+    return f"{field or 'config'}={error.get('input')!r} is not allowed: {error['msg']}"
 
 
 def format_validation_error(exc: ValidationError, source: str = "") -> str:

@@ -70,6 +70,45 @@ def storage_dirs(run_dir: str | Path) -> dict[str, Path]:
     return {"keys": base / "keys", "results": base / "results", "locks": base / "locks"}
 
 
+class RunKeyStorage(LocalFileSystem):
+    """Cache key records that name their payload relative to `prefect/results`.
+
+    Prefect writes the payload's absolute path into each key record, and refuses to read
+    a path outside the results folder: a run directory moved or copied elsewhere would
+    recompute everything. Records are rewritten to the payload's file name on the way in
+    and on the way out (which also reads records of runs made before this change).
+    """
+
+    _block_type_name = "grpo run key storage"  # its own block type, not a second LocalFileSystem
+
+    # Prefect calls the sync methods with `_sync=True` (they dispatch to the async ones
+    # otherwise); these always run synchronously, and the async ones serve async callers.
+    def write_path(self, path: str, content: bytes, **_dispatch) -> str:
+        return super().write_path(path, _relative_record(content), _sync=True)
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return await super().awrite_path(path, _relative_record(content))
+
+    def read_path(self, path: str, **_dispatch) -> bytes:
+        return _relative_record(super().read_path(path, _sync=True))
+
+    async def aread_path(self, path: str) -> bytes:
+        return _relative_record(await super().aread_path(path))
+
+
+def _relative_record(content: bytes) -> bytes:
+    record = json.loads(content)
+    key = record.get("storage_key")
+    if key and Path(key).is_absolute():
+        record["storage_key"] = Path(key).name  # payloads are flat files named by their cache key
+    return json.dumps(record).encode()
+
+
+def _stores(run_dir: str | Path) -> tuple[RunKeyStorage, LocalFileSystem]:
+    dirs = storage_dirs(run_dir)
+    return RunKeyStorage(basepath=str(dirs["keys"])), LocalFileSystem(basepath=str(dirs["results"]))
+
+
 @dataclass
 class PhaseCachePolicy(CachePolicy):
     """Cache key from the task's `PhaseInput`; drops records whose artifact is broken."""
@@ -85,16 +124,17 @@ class PhaseCachePolicy(CachePolicy):
 
 def drop_if_broken(key: str, run_dir: str) -> bool:
     """Delete the cache record of `key` unless its artifact is intact; True when one remains."""
-    dirs = storage_dirs(run_dir)
-    record_path = dirs["keys"] / key
+    return cached_manifest(key, run_dir) is not None
+
+
+def cached_manifest(key: str, run_dir: str | Path) -> PhaseManifest | None:
+    """The cached manifest of `key` if its artifact is intact; a broken record is deleted."""
+    record_path = storage_dirs(run_dir)["keys"] / key
     if not record_path.exists():
-        return False
+        return None
     try:
-        store = ResultStore(
-            metadata_storage=LocalFileSystem(basepath=str(dirs["keys"])),
-            result_storage=LocalFileSystem(basepath=str(dirs["results"])),
-            serializer=JSONSerializer(),
-        )
+        keys, results = _stores(run_dir)
+        store = ResultStore(metadata_storage=keys, result_storage=results, serializer=JSONSerializer())
         manifest = store.read(key).result
         intact = isinstance(manifest, PhaseManifest) and file_is_intact(Path(run_dir) / manifest.path, manifest.sha256)
     except Exception as exc:  # an unreadable record is as good as none
@@ -105,7 +145,8 @@ def drop_if_broken(key: str, run_dir: str) -> bool:
             logger.warning("cached artifact for %s is missing or its sha256 changed; recomputing", key)
     if not intact:
         record_path.unlink(missing_ok=True)
-    return intact
+        return None
+    return manifest
 
 
 def cache_options(run_dir: str | Path) -> dict:
@@ -114,13 +155,8 @@ def cache_options(run_dir: str | Path) -> dict:
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     policy = PhaseCachePolicy().configure(
-        key_storage=LocalFileSystem(basepath=str(dirs["keys"])),
-        lock_manager=FlockLockManager(dirs["locks"]),
-        isolation_level="SERIALIZABLE",
+        key_storage=_stores(run_dir)[0], lock_manager=FlockLockManager(dirs["locks"]), isolation_level="SERIALIZABLE",
     )
-    return {
-        "cache_policy": policy,
-        "persist_result": True,
-        "result_storage": dirs["results"],
-        "result_serializer": "json",
-    }
+    # A path, not a block: Prefect only accepts blocks saved on the server as task options.
+    return {"cache_policy": policy, "persist_result": True, "result_storage": dirs["results"],
+            "result_serializer": "json"}

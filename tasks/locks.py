@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import IO
 
-from prefect.locking.protocol import LockManager
-
 _POLL_SECONDS = 0.05
 
 
-class FlockLockManager(LockManager):
+class FlockLockManager:
+    """Prefect's `LockManager` protocol (runtime-checkable, so no base class: this module
+    stays free of the Prefect import for `grpo status`, which only asks `lock_holder`)."""
+
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self._held: dict[str, tuple[str, IO]] = {}
@@ -82,3 +83,17 @@ class FlockLockManager(LockManager):
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         return await asyncio.to_thread(self.wait_for_lock, key, timeout)
+
+
+def lock_holder(path: Path) -> str | None:
+    """The pid written in lock file `path` while some process holds its flock, else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "unknown"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None

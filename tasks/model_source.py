@@ -7,6 +7,7 @@ HF-format directory, or an HF hub id (org/name; needs network, e.g. on a TPU VM)
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import jax
@@ -20,6 +21,8 @@ from grpo_core.models.loading import load_pretrained
 from grpo_core.models.model import Model
 from grpo_core.sharding import shard_params
 from grpo_core.tokenizer import make_chat_tokenizer
+
+logger = logging.getLogger("grpo_flows.models")
 
 
 def _fit_config(cfg, tokenizer):
@@ -77,7 +80,7 @@ def model_directory(name: str) -> Path:
     if name in PULLABLE_MODELS:
         from tasks.models import pull_model
 
-        return pull_model(name)
+        return pull_model(name, progress=logger.debug)  # a training run shows the download line only
     path = Path(name).expanduser()
     if path.is_dir():
         return path

@@ -99,11 +99,42 @@ def check_before_start(cfg: RunConfig, run_dir: Path) -> None:
         make_prompt_stream(cfg.data)
 
 
-class TrainSession:
+class RunPlan:
+    """What a run is, without its model: config, directory, process layout, batch numbers
+    and the prompt stream. Enough to name every phase's cache key (flows/train.py checks a
+    finished run with it, before any model load)."""
+
     def __init__(self, cfg: RunConfig, run_dir: Path):
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_dir.resolve().name
         self.num_processes, self.process_index = jax.process_count(), jax.process_index()
         self.derived = cfg.derive(self.num_processes, jax.device_count())
+        self.stream = make_prompt_stream(cfg.data)
+
+    def data_state(self, step: int) -> dict:
+        """Stream position at the start of `step`: a pure function of the step."""
+        seen = step * self.derived.prompts_global_per_step
+        total = len(self.stream.train_items)
+        return {"epoch": seen // total, "position": seen % total, "seed": self.cfg.data.seed, "num_train": total}
+
+    def global_items(self, step: int) -> list[dict]:
+        """All prompts of `step`, in the same order on every process."""
+        self.stream.restore(self.data_state(step))
+        return self.stream.next_batch(self.derived.prompts_global_per_step)
+
+    def items_for_step(self, step: int) -> list[dict]:
+        """This process's share of the step's prompts (groups never span processes)."""
+        share = self.derived.prompts_per_process
+        return self.global_items(step)[self.process_index * share : (self.process_index + 1) * share]
+
+    def sample_seed(self, step: int) -> int:
+        """The sampling seed of `step`: the same on every process (the sampler draws for the
+        whole global batch), so a run's samples do not depend on how it is split."""
+        return (self.cfg.train.seed * 1_000_003 + step * 7919) % (2**31 - 1)
+
+
+class TrainSession(RunPlan):
+    def __init__(self, cfg: RunConfig, run_dir: Path):
+        super().__init__(cfg, run_dir)
         self.mesh = make_mesh(mesh_shape(cfg, jax.process_count(), jax.local_device_count()))
         model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
         self.model_cfg, self.tokenizer = model.config, model.tokenizer
@@ -112,7 +143,6 @@ class TrainSession:
         self.trainer = make_trainer(cfg, self.model_cfg, self.mesh, self.derived.grad_accum_steps)
         self.opt_state = self.trainer.init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
-        self.stream = make_prompt_stream(cfg.data)
         self.checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
         self.params_version = 0
         self.timings: dict[int, dict[str, float]] = {}
@@ -220,29 +250,6 @@ class TrainSession:
     def record_timing(self, step: int, phase: str, seconds: float) -> None:
         """Compute seconds of phases that actually ran (cache hits record nothing)."""
         self.timings.setdefault(step, {})[phase] = seconds
-
-    # ---- data --------------------------------------------------------------------------
-
-    def data_state(self, step: int) -> dict:
-        """Stream position at the start of `step`: a pure function of the step."""
-        seen = step * self.derived.prompts_global_per_step
-        total = len(self.stream.train_items)
-        return {"epoch": seen // total, "position": seen % total, "seed": self.cfg.data.seed, "num_train": total}
-
-    def global_items(self, step: int) -> list[dict]:
-        """All prompts of `step`, in the same order on every process."""
-        self.stream.restore(self.data_state(step))
-        return self.stream.next_batch(self.derived.prompts_global_per_step)
-
-    def items_for_step(self, step: int) -> list[dict]:
-        """This process's share of the step's prompts (groups never span processes)."""
-        share = self.derived.prompts_per_process
-        return self.global_items(step)[self.process_index * share : (self.process_index + 1) * share]
-
-    def sample_seed(self, step: int) -> int:
-        """The sampling seed of `step`: the same on every process (the sampler draws for the
-        whole global batch), so a run's samples do not depend on how it is split."""
-        return (self.cfg.train.seed * 1_000_003 + step * 7919) % (2**31 - 1)
 
 
 def make_trainer(cfg: RunConfig, model_cfg, mesh, grad_accum_steps: int) -> Trainer:

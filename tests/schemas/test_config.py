@@ -64,6 +64,23 @@ def test_bad_values_name_the_field(override, needles):
         assert needle in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["eval.every_steps=1", "eval.num_prompts=32", "data.num_eval=4"],
+         ["eval.num_prompts (32) exceeds data.num_eval (4)"]),
+        (["rewards=[{name: gsm8k_correct}, {name: gsm8k_correct}]"], ["rewards lists a function twice"]),
+    ],
+)
+def test_model_level_errors_are_one_sentence_without_the_config(overrides, needles):
+    with pytest.raises(UserError) as info:
+        build_run_config({}, overrides)
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message
+    assert "{" not in message and "Value error" not in message and "\n" not in message
+
+
 def test_batch_that_does_not_split_names_fields_and_nearest_values():
     cfg = build_run_config({}, ["rollout.batch_size=3", "rollout.n=4"])
     with pytest.raises(UserError) as info:
