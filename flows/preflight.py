@@ -13,10 +13,7 @@ import re
 from pathlib import Path
 
 from grpo_core.errors import UserError
-from grpo_core.memory import (
-    GIB, TPU_UPDATE_LOGIT_COPIES, UPDATE_LOGIT_COPIES, Accelerator, MemoryEstimate, Workload, estimate_memory,
-    get_accelerator,
-)
+from grpo_core.memory import GIB, Accelerator, MemoryEstimate, Workload, estimate_memory, get_accelerator
 from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
 from schemas.run import DerivedBatch, RunConfig
@@ -95,7 +92,7 @@ def build_workload(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, 
         momentum=opt.name == "sgd" and opt.b1 is not None,
         reference=cfg.loss.beta > 0,
         mesh=tuple(mesh_sizes(cfg, accelerator).items()),
-        logit_copies=TPU_UPDATE_LOGIT_COPIES if accelerator.kind == "tpu" else UPDATE_LOGIT_COPIES,
+        tpu=accelerator.kind == "tpu",
     )
     return workload, derived
 

@@ -21,15 +21,16 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
 4. Optimizer moments follow optax: lion 1, adamw 2 (mu, nu), sgd 1 with momentum else 0,
    each in the param dtype (optax's default mu_dtype=None keeps the param dtype).
 5. Update gradients: grpo_core.train_step sums micro-batch gradients into a float32
-   accumulator shaped like the params, next to one micro-batch gradient in param dtype.
+   accumulator shaped like the params, next to one micro-batch gradient in param dtype;
+   on TPU XLA keeps the accumulator twice (the scan carry's in and out; `Workload.tpu`).
 6. Activations: the decoder scans over layers, so in a forward only one layer's
    intermediates are live. Attention is materialised (no flash kernel): float32 scores
    [B, Nq, T, S] plus probabilities. For the backward pass without remat every layer keeps
    its residuals (`_saved_per_token_layer`); with remat (jax.checkpoint per layer) only
    the residual stream per layer is kept and one layer is recomputed at a time.
-7. Logits are float32. The update holds `Workload.logit_copies` [mb, M, V] arrays for a
+7. Logits are float32. The update holds several [mb, M, V] arrays for a
    micro-batch: on CPU 3 (logits, softmax for logsumexp/entropy, and their gradient), on
-   TPU 1 (`TPU_UPDATE_LOGIT_COPIES`: XLA fuses them into one buffer): only the M
+   TPU 1 (`TPU_UPDATE_LOGIT_COPIES`, `Workload.tpu`: XLA fuses them into one buffer): only the M
    completion columns go through the LM head. Its batch is T = prompt rounded up to 16 +
    M new tokens wide (grpo_core.phases); when a micro-batch holds whole GRPO groups the
    prompt part runs once per group and its keys/values are repeated for the group's
@@ -170,7 +171,7 @@ class Workload:
     momentum: bool = False
     reference: bool = False
     mesh: tuple[tuple[str, int], ...] = (("dp", 1), ("fsdp", 1), ("tp", 1))
-    logit_copies: float = UPDATE_LOGIT_COPIES
+    tpu: bool = False  # the parts calibrated on XLA:TPU's buffer assignment (logits, accumulator)
 
     @property
     def mesh_sizes(self) -> dict[str, int]:
@@ -348,7 +349,11 @@ def update_components(w: Workload) -> dict[str, int]:
     vocab = m.vocab_size // math.gcd(m.vocab_size, w.tp)
     parts = _resident(w)
     parts["gathered weights"] = _gathered_weights(w, layers=2)
-    parts["gradients"] = param_bytes_per_device(w, 4) + param_bytes_per_device(w, pb)
+    # The micro-batch scan's float32 accumulator (twice on TPU: XLA keeps the carry's input
+    # and output; without it the estimate fell from 1.01 to 0.89 of XLA from the 0.5B to the
+    # 3B Qwen2.5 update, short by about one float32 copy of the params), plus one
+    # micro-batch gradient in the param dtype.
+    parts["gradients"] = (2 if w.tpu else 1) * param_bytes_per_device(w, 4) + param_bytes_per_device(w, pb)
     if w.mesh_sizes.get("fsdp", 1) * w.tp > 1:
         # The gathered [V, D] matrix's gradient, whole and float32, before it is reduce-
         # scattered onto the shards (f32[49152,576] in XLA's buffer assignment for SmolLM2).
@@ -371,7 +376,8 @@ def update_components(w: Workload) -> dict[str, int]:
         layer = _layer_activations(m, mb, t, t, pb, w.tp)
         parts["activations"] = stream + layer if w.remat else m.num_hidden_layers * layer
     # Only the completion columns go through the LM head (Trainer(score_last=new_tokens)).
-    parts["logits"] = int(w.logit_copies * mb * min(t, w.new_tokens) * vocab * 4)
+    copies = TPU_UPDATE_LOGIT_COPIES if w.tpu else UPDATE_LOGIT_COPIES
+    parts["logits"] = copies * mb * min(t, w.new_tokens) * vocab * 4
     # tokens, positions, masks, old logps as [B, T] 4-byte arrays, plus their micro-batch split.
     parts["batch arrays"] = 2 * 5 * w.update_rows_per_device * (t + 1) * 4
     return parts
