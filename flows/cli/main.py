@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "flows.cli.train_cmd",
     "flows.cli.preflight_cmd",
     "flows.cli.smoke_cmd",
+    "flows.cli.export_cmd",
+    "flows.cli.eval_cmd",
 )
 
 
