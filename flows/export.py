@@ -22,7 +22,7 @@ import jax
 from flows.observe import params_sha256, reward_trend
 from grpo_core.errors import UserError, writable_dir
 from grpo_core.models.loading import save_pretrained
-from tasks.run_checkpoint import CONFIG_FILE, RunCheckpoint, load_run_checkpoint
+from tasks.run_checkpoint import CONFIG_FILE, RunCheckpoint, checkpoint_step, load_run_checkpoint, run_config
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' long-standing "5GB"
 RUN_CONFIG_COPY = "grpo_run_config.yaml"
@@ -140,6 +140,8 @@ def export_run(run_dir: str | Path, dest: str | Path, step: int | None = None, d
     dtype: float32 or bfloat16 (default: the dtype the run trained in).
     """
     run_dir, dest = Path(run_dir), Path(dest)
+    run_config(run_dir)  # RUN_DIR's errors first, then DEST's, then the (slower) restore
+    step = checkpoint_step(run_dir, step)
     check_dest(dest, run_dir, force)
     ckpt = load_run_checkpoint(run_dir, step)
     digest = params_sha256(ckpt.model.params)
