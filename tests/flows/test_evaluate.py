@@ -107,3 +107,18 @@ def test_bad_models_exit_2_before_anything_runs(models, tmp_path, capsys):
     (tmp_path / "fresh" / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     assert main(["eval", "--model", str(tmp_path / "fresh"), "--config", config]) == 2
     assert "no complete checkpoint" in _error_line(capsys)
+
+
+def test_the_evaluate_deployment_names_the_flow_and_its_parameters():
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
+    deployment = next(d for d in spec["deployments"] if d["name"] == "evaluate")
+    path, name = deployment["entrypoint"].split(":")
+    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+    assert flow is evaluate_flow and flow.name == "evaluate"
+    assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)

@@ -174,3 +174,15 @@ def test_a_checkpoint_save_killed_half_way_is_skipped(tmp_path):
     for ours, theirs in zip(host(load_pretrained(tmp_path / "m").params), host(saved[2])):
         np.testing.assert_array_equal(ours, theirs)
     assert leftovers == [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("3")]
+
+
+def test_export_while_the_run_is_training(run, tmp_path):
+    from tasks.session import RunLock
+
+    run_dir, saved = run
+    lock = RunLock(run_dir)  # what a live `grpo train` holds
+    try:
+        result = export_run(run_dir, tmp_path / "m")
+    finally:
+        lock.release()
+    assert result.step == 2 and result.params_sha256 == params_sha256(saved[2])
