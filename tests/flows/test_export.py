@@ -186,3 +186,24 @@ def test_export_while_the_run_is_training(run, tmp_path):
     finally:
         lock.release()
     assert result.step == 2 and result.params_sha256 == params_sha256(saved[2])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_export_of_a_two_process_run_is_the_trained_model(tmp_path):
+    """Trained for real by two JAX processes (each wrote its own checkpoint shards), exported by one."""
+    import transformers
+    from test_multihost import run_two, wait_all, write_config
+
+    run_dir = tmp_path / "run"
+    assert wait_all(run_two(write_config(tmp_path), run_dir)) == [0, 0], (tmp_path / "run-p0.log").read_text()[-3000:]
+    assert main(["export", str(run_dir), str(tmp_path / "m")]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params_sha256"] in (tmp_path / "m" / "README.md").read_text()
+    ours = load_run_checkpoint(run_dir).model
+    torch = pytest.importorskip("torch")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    tokens = np.random.default_rng(0).integers(0, ours.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours.logits(tokens)), ref, atol=1e-4, rtol=1e-4)
