@@ -81,12 +81,23 @@ def test_eval_of_tiny_models_gives_the_table_and_is_cached_on_rerun(models, pref
     assert tables[1].column("completion_ids").to_pylist() == tables[2].column("completion_ids").to_pylist()
     assert tables[0].column("completion_ids").to_pylist() != tables[1].column("completion_ids").to_pylist()
     assert json.loads((tmp_path / "eval" / "eval.json").read_text()) == json.loads(json.dumps(report))
+    assert _table_artifact("eval-eval")[0]["metric"] == "accuracy (greedy)"  # key: <out dir name>-eval
     mtimes = [(tmp_path / "eval" / m["completions"]).stat().st_mtime_ns for m in report["models"]]
 
     again = evaluate_flow(models=refs, config=cfg, samples=2, out_dir=out_dir)
     assert [m["cached"] for m in again["models"]] == [True] * 3
     assert again["comparison"] == report["comparison"]
     assert [(tmp_path / "eval" / m["completions"]).stat().st_mtime_ns for m in again["models"]] == mtimes
+
+
+def _table_artifact(key: str) -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    data = found[-1].data
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def _error_line(capsys) -> str:
