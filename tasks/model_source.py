@@ -81,16 +81,9 @@ def model_directory(name: str) -> Path:
     )
 
 
-def model_spec(section, chat_template: str | None = None) -> tuple[ModelConfig, ChatTokenizer]:
-    """The architecture (vocab, eos and pad fitted to the tokenizer) and the `ChatTokenizer`
-    of a `model:` section, without its weights: what a checkpoint of that model holds."""
-    if section.init == "random":
-        _check_random(section)
-        tokenizer = make_chat_tokenizer(section.tokenizer, chat_template=chat_template)
-        return _fit_config(PRESETS[section.name_or_path], tokenizer), tokenizer
-    directory = model_directory(section.name_or_path)
+def _pretrained_spec(directory: Path, tokenizer_spec, chat_template) -> tuple[ModelConfig, ChatTokenizer]:
     cfg = read_config(directory)
-    tokenizer = make_chat_tokenizer(section.tokenizer, directory, chat_template)
+    tokenizer = make_chat_tokenizer(tokenizer_spec, directory, chat_template)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UserError(
             f"model.tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
@@ -99,11 +92,23 @@ def model_spec(section, chat_template: str | None = None) -> tuple[ModelConfig, 
     return _fit_config(cfg, tokenizer), tokenizer
 
 
+def model_spec(section, chat_template: str | None = None) -> tuple[ModelConfig, ChatTokenizer]:
+    """The architecture (vocab, eos and pad fitted to the tokenizer) and the `ChatTokenizer`
+    of a `model:` section, without its weights: what a checkpoint of that model holds."""
+    if section.init == "random":
+        _check_random(section)
+        tokenizer = make_chat_tokenizer(section.tokenizer, chat_template=chat_template)
+        return _fit_config(PRESETS[section.name_or_path], tokenizer), tokenizer
+    return _pretrained_spec(model_directory(section.name_or_path), section.tokenizer, chat_template)
+
+
 def resolve_model(section, seed: int, mesh, chat_template: str | None = None) -> Model:
     """The `Model` the config asks for, params sharded over `mesh`, with a `ChatTokenizer`."""
-    cfg, tokenizer = model_spec(section, chat_template)
     if section.init == "random":
+        cfg, tokenizer = model_spec(section, chat_template)
         params = init_params(cfg, jax.random.PRNGKey(seed), dtype=getattr(jnp, section.dtype))
         return Model(cfg, shard_params(params, param_logical_axes(cfg), mesh), tokenizer)
-    model = load_pretrained(model_directory(section.name_or_path), dtype=section.dtype, mesh=mesh)
+    directory = model_directory(section.name_or_path)  # once: a hub id downloads here
+    cfg, tokenizer = _pretrained_spec(directory, section.tokenizer, chat_template)
+    model = load_pretrained(directory, dtype=section.dtype, mesh=mesh)
     return Model(cfg, model.params, tokenizer)
