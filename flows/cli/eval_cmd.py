@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     add_config_arguments(parser)
     parser.add_argument("--samples", type=_non_negative_int, default=0, metavar="K",
                         help="also sample K completions per problem at rollout.temperature: pass@1, pass@K, mean@K")
-    parser.add_argument("--out", help="eval directory (default: evals/<config name>)")
+    parser.add_argument("--out", metavar="DIR", help="eval directory (default: evals/<config name>)")
     parser.set_defaults(handler=evaluate)
 
 
