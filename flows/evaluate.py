@@ -8,6 +8,7 @@ its completions written as Parquet under `out_dir/completions/`. The first model
 baseline: every other model's difference from it comes with a 95% paired-bootstrap
 interval over problems (grpo_core.stats). Rerunning the same eval is a cache hit per model.
 """
+import json
 from pathlib import Path
 
 from prefect import flow, task
@@ -77,8 +78,6 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 def publish(report: dict, out_dir: str) -> str:
     """eval.json, the Prefect table artifact and the terminal text; returns the text."""
-    import json
-
     from prefect.artifacts import create_table_artifact
 
     atomic_write_bytes(Path(out_dir) / "eval.json", json.dumps(report, indent=1).encode())
