@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.artifacts import create_table_artifact
 
 from flows.observe import artifact_key
 from grpo_core.artifacts import atomic_write_bytes, read_table
@@ -78,8 +79,6 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 def publish(report: dict, out_dir: str) -> str:
     """eval.json, the Prefect table artifact and the terminal text; returns the text."""
-    from prefect.artifacts import create_table_artifact
-
     atomic_write_bytes(Path(out_dir) / "eval.json", json.dumps(report, indent=1).encode())
     rows = table_rows(report)
     create_table_artifact(rows, key=artifact_key(Path(out_dir).resolve().name, "eval"),
