@@ -109,7 +109,7 @@ class RunObserver:
             "params_sha256": params_sha256(self.session.params),
             "wall_seconds": time.perf_counter() - self.started,
         }
-        summary.update(_reward_trend(self.records))
+        summary.update(reward_trend(self.records))
         if self.is_main:
             write_reports(self.session, self.records, summary, artifact_key)
             if self.wandb:
@@ -123,7 +123,7 @@ class RunObserver:
             self.wandb.close()
 
 
-def _reward_trend(records: dict[int, dict]) -> dict:
+def reward_trend(records: dict[int, dict]) -> dict:
     """Mean correctness of the first and last five steps (the quickstart's headline)."""
     steps = sorted(records)
     values = [records[s].get("reward_gsm8k_correct_mean") for s in steps]

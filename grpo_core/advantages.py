@@ -124,17 +124,22 @@ def compute_advantages(
     return adv.astype(np.float32), stats
 
 
-def group_correctness_stats(correct: np.ndarray, group_size: int) -> dict[str, float]:
-    """Correctness metrics for correct[B] (bool or 0/1), groups of k = group_size.
+def group_correctness(correct: np.ndarray, group_size: int) -> dict[str, np.ndarray]:
+    """Per-prompt correctness [G] for correct[B] (bool or 0/1), groups of k = group_size.
 
-    pass@1: fraction of prompts whose FIRST sample is correct (a single try).
-    pass@k: fraction of prompts with at least one correct sample among the k.
-    mean@k: mean correctness over the k samples, averaged over prompts (the
-      lower-variance estimate of the single-try success rate).
+    pass@1: whether the prompt's FIRST sample is correct (a single try).
+    pass@k: whether at least one of its k samples is correct.
+    mean@k: the fraction of its k samples that are correct (the lower-variance
+      estimate of the single-try success rate).
     """
     correct_gk = _grouped(correct, group_size) > 0.5
     return {
-        "pass@1": float(correct_gk[:, 0].mean()),
-        "pass@k": float(correct_gk.any(axis=1).mean()),
-        "mean@k": float(correct_gk.mean()),
+        "pass@1": correct_gk[:, 0].astype(np.float64),
+        "pass@k": correct_gk.any(axis=1).astype(np.float64),
+        "mean@k": correct_gk.mean(axis=1),
     }
+
+
+def group_correctness_stats(correct: np.ndarray, group_size: int) -> dict[str, float]:
+    """`group_correctness` averaged over prompts (the per-step metrics)."""
+    return {name: float(values.mean()) for name, values in group_correctness(correct, group_size).items()}

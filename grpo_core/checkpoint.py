@@ -4,6 +4,10 @@ A checkpoint labelled k holds the state AFTER step k's update, i.e. the state a 
 needs to start step k + 1. The sidecar carries everything else a resume needs: the next
 step, the data stream position and the PRNG seed state. Saves are synchronous so a
 checkpoint that `latest()` reports is complete (orbax commits it atomically).
+
+Readers that are not the run (export, eval) open the directory `read_only`: they never
+create, delete or clean up anything, so a run still training keeps its checkpoints, and
+a save killed half-way (a temporary orbax directory) is neither listed nor removed.
 """
 from pathlib import Path
 
@@ -12,13 +16,20 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    def __init__(self, directory: str | Path, keep: int = 2):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    def __init__(self, directory: str | Path, keep: int = 2, read_only: bool = False):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+            save_interval_steps=0 if read_only else 1, enable_async_checkpointing=False,
+        )
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def latest(self) -> int | None:
         """Step label of the newest complete checkpoint, or None."""
         return self.manager.latest_step()
+
+    def steps(self) -> list[int]:
+        """Step labels of every complete checkpoint, oldest first."""
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, params, opt_state, meta: dict) -> None:
         state = {"params": params, "opt_state": opt_state}
@@ -31,14 +42,32 @@ class Checkpoints:
 
     def restore(self, step: int, params_like, opt_state_like) -> tuple[dict, object, dict]:
         """(params, opt_state, meta) of checkpoint `step`, placed like the given templates."""
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-            {"params": params_like, "opt_state": opt_state_like},
-        )
+        abstract = jax.tree.map(_abstract, {"params": params_like, "opt_state": opt_state_like})
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
         )
         return restored.state["params"], restored.state["opt_state"], dict(restored.meta)
 
+    def restore_params(self, step: int, params_like) -> tuple[dict, dict]:
+        """(params, meta) of checkpoint `step` without its optimizer state.
+
+        params_like: pytree of arrays or ShapeDtypeStructs (with a sharding) giving each
+        leaf's placement; every process of a multi-process run wrote its own shards, and
+        orbax reads whichever shards each requested placement needs.
+        """
+        abstract = jax.tree.map(_abstract, params_like)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item={"params": abstract}, partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
+            ),
+            meta=ocp.args.JsonRestore(),
+        ))
+        return restored.state["params"], dict(restored.meta)
+
     def close(self) -> None:
         self.manager.close()
+
+
+def _abstract(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))

@@ -147,7 +147,7 @@ def tag_count(item: Mapping, completion: str) -> float:
 # ---- combination -------------------------------------------------------------------
 
 
-def _spec_pair(spec) -> tuple[str, float]:
+def spec_pair(spec) -> tuple[str, float]:
     """(name, weight) from a pair, a {"name", "weight"} mapping or an object with both."""
     if isinstance(spec, Mapping):
         name, weight = spec["name"], spec.get("weight", 1.0)
@@ -182,7 +182,7 @@ def compute_rewards(
     """
     if len(items) != len(completions):
         raise ValueError(f"{len(items)} items but {len(completions)} completions")
-    pairs = [_spec_pair(spec) for spec in specs]
+    pairs = [spec_pair(spec) for spec in specs]
     total = np.zeros(len(completions), np.float32)
     per_fn: dict[str, np.ndarray] = {}
     for name, weight in pairs:

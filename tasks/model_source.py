@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from grpo_core.errors import UserError
-from grpo_core.models.config import PRESETS
+from grpo_core.models.config import PRESETS, ModelConfig
 from grpo_core.models.decoder import init_params, param_logical_axes
 from grpo_core.models.hub import PULLABLE_MODELS
-from grpo_core.models.loading import load_pretrained
+from grpo_core.models.loading import load_pretrained, read_config
 from grpo_core.models.model import Model
 from grpo_core.sharding import shard_params
-from grpo_core.tokenizer import make_chat_tokenizer
+from grpo_core.tokenizer import ChatTokenizer, make_chat_tokenizer
 
 logger = logging.getLogger("grpo_flows.models")
 
@@ -55,14 +55,6 @@ def check_model_source(section) -> None:
         make_chat_tokenizer(section.tokenizer)
 
 
-def _random_model(section, seed: int, mesh, chat_template) -> Model:
-    _check_random(section)
-    tokenizer = make_chat_tokenizer(section.tokenizer, chat_template=chat_template)
-    cfg = _fit_config(PRESETS[section.name_or_path], tokenizer)
-    params = init_params(cfg, jax.random.PRNGKey(seed), dtype=getattr(jnp, section.dtype))
-    return Model(cfg, shard_params(params, param_logical_axes(cfg), mesh), tokenizer)
-
-
 def _hub_snapshot(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -92,16 +84,34 @@ def model_directory(name: str) -> Path:
     )
 
 
+def _pretrained_spec(directory: Path, tokenizer_spec, chat_template) -> tuple[ModelConfig, ChatTokenizer]:
+    cfg = read_config(directory)
+    tokenizer = make_chat_tokenizer(tokenizer_spec, directory, chat_template)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise UserError(
+            f"model.tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
+            f"{cfg.vocab_size}; use the model's own tokenizer (model.tokenizer: null)"
+        )
+    return _fit_config(cfg, tokenizer), tokenizer
+
+
+def model_spec(section, chat_template: str | None = None) -> tuple[ModelConfig, ChatTokenizer]:
+    """The architecture (vocab, eos and pad fitted to the tokenizer) and the `ChatTokenizer`
+    of a `model:` section, without its weights: what a checkpoint of that model holds."""
+    if section.init == "random":
+        _check_random(section)
+        tokenizer = make_chat_tokenizer(section.tokenizer, chat_template=chat_template)
+        return _fit_config(PRESETS[section.name_or_path], tokenizer), tokenizer
+    return _pretrained_spec(model_directory(section.name_or_path), section.tokenizer, chat_template)
+
+
 def resolve_model(section, seed: int, mesh, chat_template: str | None = None) -> Model:
     """The `Model` the config asks for, params sharded over `mesh`, with a `ChatTokenizer`."""
     if section.init == "random":
-        return _random_model(section, seed, mesh, chat_template)
-    directory = model_directory(section.name_or_path)
+        cfg, tokenizer = model_spec(section, chat_template)
+        params = init_params(cfg, jax.random.PRNGKey(seed), dtype=getattr(jnp, section.dtype))
+        return Model(cfg, shard_params(params, param_logical_axes(cfg), mesh), tokenizer)
+    directory = model_directory(section.name_or_path)  # once: a hub id downloads here
+    cfg, tokenizer = _pretrained_spec(directory, section.tokenizer, chat_template)
     model = load_pretrained(directory, dtype=section.dtype, mesh=mesh)
-    tokenizer = make_chat_tokenizer(section.tokenizer, directory, chat_template)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(
-            f"model.tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
-            f"{model.config.vocab_size}; use the model's own tokenizer (model.tokenizer: null)"
-        )
-    return Model(_fit_config(model.config, tokenizer), model.params, tokenizer)
+    return Model(cfg, model.params, tokenizer)

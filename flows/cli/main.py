@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "flows.cli.preflight_cmd",
     "flows.cli.smoke_cmd",
     "flows.cli.status_cmd",
+    "flows.cli.export_cmd",
+    "flows.cli.eval_cmd",
 )
 
 
