@@ -41,10 +41,11 @@ def cell_overrides(model: str, batch: str, length: str) -> list[str]:
 
 def jobs() -> list[tuple[str, ...]]:
     """(model, batch, length, slice, phase): the shipped shape on v6e-8 first (both phases,
-    every model), then the other cells, rollouts (under a minute each on an idle host)
-    before updates (minutes)."""
+    every model), then every rollout (under a minute each on an idle host), then the
+    updates (minutes each); within a phase shape by shape, every slice and model."""
     first = [(m, "16x8", "256+512", "v6e-8", p) for m in MODELS for p in PHASES]
-    rest = [(m, b, n, s, p) for p in PHASES for s, b, n, m in itertools.product(SLICES, BATCHES, LENGTHS, MODELS)]
+    rest = [(m, b, n, s, p) for p in PHASES for b, n, s, m in itertools.product(BATCHES, LENGTHS, SLICES, MODELS)]
+    rest.sort(key=lambda j: (PHASES.index(j[4]), (j[1], j[2]) != ("16x8", "256+512")))
     return first + [j for j in rest if j not in first]
 
 
