@@ -9,10 +9,19 @@ Readers that are not the run (export, eval) open the directory `read_only`: they
 create, delete or clean up anything, so a run still training keeps its checkpoints, and
 a save killed half-way (a temporary orbax directory) is neither listed nor removed.
 """
+import logging
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's "Given directory is read only" warning: readers open it so on purpose,
+    and the warning would reach the terminal of every `grpo export` / `grpo eval`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Given directory is read only" not in record.getMessage()
 
 
 class Checkpoints:
@@ -21,6 +30,8 @@ class Checkpoints:
             max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
             save_interval_steps=0 if read_only else 1, enable_async_checkpointing=False,
         )
+        if read_only:
+            _quiet_read_only_notice()
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def latest(self) -> int | None:
@@ -71,3 +82,9 @@ class Checkpoints:
 
 def _abstract(x) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+def _quiet_read_only_notice() -> None:
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _ReadOnlyNotice) for f in absl.filters):
+        absl.addFilter(_ReadOnlyNotice())
