@@ -96,7 +96,11 @@ class Stack:
     def stop(self) -> None:
         for proc in reversed(self.procs):
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a worker still draining its runs: the stack goes anyway
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
