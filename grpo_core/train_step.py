@@ -188,10 +188,10 @@ class Trainer:
         """ShapeDtypeStructs of `init_opt_state(params)`, with its shardings (params may be abstract)."""
         abstract = jax.eval_shape(self.optimizer.init, params)
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract, self._opt_shardings(params))
+                            abstract, self._opt_shardings(params, abstract))
 
-    def _opt_shardings(self, params):
-        abstract = jax.eval_shape(self.optimizer.init, params)
+    def _opt_shardings(self, params, abstract=None):
+        abstract = jax.eval_shape(self.optimizer.init, params) if abstract is None else abstract
         return optax.tree_utils.tree_map_params(
             self.optimizer, lambda _, p: p.sharding, abstract, params,
             transform_non_params=lambda _: replicated(self.mesh))

@@ -113,13 +113,20 @@ class FakeTpuApi:
                 op["_polls_left"] -= 1
         return self._public(op)
 
-    def _create_node(self, parent: str, node_id: str, body: dict):
+    def _zone_fault(self, parent: str):
+        """(zone, scripted fault, the response it forces at once or None) for a create in `parent`."""
         zone = parent.rsplit("/", 1)[-1]
         kind = self.zone_errors.get(zone, ("ok",))
         if kind[0] == "http":
-            return _error(kind[1], kind[2])
+            return zone, kind, _error(kind[1], kind[2])
         if kind[0] == "op":
-            return 200, self._operation(zone, error=(kind[1], kind[2]))
+            return zone, kind, (200, self._operation(zone, error=(kind[1], kind[2])))
+        return zone, kind, None
+
+    def _create_node(self, parent: str, node_id: str, body: dict):
+        zone, kind, forced = self._zone_fault(parent)
+        if forced is not None:
+            return forced
         name = f"{parent}/nodes/{node_id}"
         node = self.add_node(zone, node_id, body.get("labels", {}), "CREATING" if kind[0] == "stuck" else "READY",
                              parent.split("/")[1])
@@ -131,12 +138,9 @@ class FakeTpuApi:
         return 200, self._operation(zone, response={"@type": TYPE + "Node", **node})
 
     def _create_queued(self, parent: str, queued_id: str, body: dict):
-        zone = parent.rsplit("/", 1)[-1]
-        kind = self.zone_errors.get(zone, ("ok",))
-        if kind[0] == "http":
-            return _error(kind[1], kind[2])
-        if kind[0] == "op":
-            return 200, self._operation(zone, error=(kind[1], kind[2]))
+        zone, kind, forced = self._zone_fault(parent)
+        if forced is not None:
+            return forced
         name = f"{parent}/queuedResources/{queued_id}"
         plan = self.queue_plans.get(zone, ["ACCEPTED", "ACTIVE"])
         self.queued[name] = {**body, "name": name, "createTime": _now(), "_plan": list(plan)}
