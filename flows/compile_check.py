@@ -167,6 +167,11 @@ def summary(report, compiled: dict | None) -> dict:
         phases[phase] = {"estimate_bytes": estimate, "xla_bytes": result.xla_bytes if result else None,
                          "capacity_bytes": report.capacity_bytes,
                          "compile_seconds": round(result.seconds, 2) if result else None}
+        if result is not None:
+            # A known program is answered from the cache: compile_seconds is then this
+            # check's lowering time, xla_compile_seconds what XLA took when it compiled it.
+            phases[phase]["cached"] = result.cached
+            phases[phase]["xla_compile_seconds"] = None if result.xla_seconds is None else round(result.xla_seconds, 1)
         if result is not None and result.memory is not None:
             phases[phase]["xla"] = dataclasses.asdict(result.memory)
         if result is not None and result.error:
@@ -191,11 +196,13 @@ def format_compiled(report, compiled: dict) -> str:
     gib = 1024**3
     estimates = phase_estimates(report.estimate)
     head = (f"{'XLA for ' + report.accelerator.name:18s}{'estimate':>9s}{'XLA':>8s}{'est/XLA':>8s}{'capacity':>9s}"
-            f"{'args':>7s}{'out':>7s}{'alias':>7s}{'temp':>7s}{'code':>6s}{'resident':>9s}{'compile':>10s}")
+            f"{'args':>7s}{'out':>7s}{'alias':>7s}{'temp':>7s}{'code':>6s}{'resident':>9s}{'compile':>16s}")
     lines = [f"XLA's TPU compiler ({compiler_version()}), GiB per device:", head]
     for phase, result in compiled.items():
         m, xla = result.memory, result.xla_bytes
-        seconds = "cached" if result.cached else f"{result.seconds:.0f} s"
+        seconds = f"{result.seconds:.0f} s"
+        if result.cached:
+            seconds = "cached" if result.xla_seconds is None else f"cached ({result.xla_seconds:.0f} s)"
         row = f"{phase:18s}{estimates[phase] / gib:9.2f}"
         row += f"{xla / gib:8.2f}{estimates[phase] / xla:8.2f}" if xla else f"{'-':>8s}{'-':>8s}"
         row += f"{report.capacity_bytes / gib:9.2f}"
@@ -204,7 +211,7 @@ def format_compiled(report, compiled: dict) -> str:
             row += f"{m.code / gib:6.2f}{m.resident / gib:9.2f}"
         else:
             row += f"  {'out of memory' if result.oom else 'compile error'}".ljust(43)
-        lines.append(row + f"{seconds:>10s}")
+        lines.append(row + f"{seconds:>16s}")
     return "\n".join(lines)
 
 

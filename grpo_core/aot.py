@@ -87,6 +87,9 @@ class CompiledPhase:
     oom: bool = False
     cached: bool = False
     flops: float | None = None  # XLA's cost analysis: loop bodies (layers, micro-batches) counted once
+    # For a cached answer: how long XLA took when it compiled the program (None for answers
+    # stored before this was kept); for a fresh compile, `seconds`.
+    xla_seconds: float | None = None
 
     @property
     def xla_bytes(self) -> int | None:
@@ -110,19 +113,23 @@ def compile_phase(phase: str, lower, resident: int = 0, store: "ResultStore | No
     if key is not None and (known := store.get(key)) is not None:
         memory = known.get("memory") and dataclasses.replace(known["memory"], resident=resident)
         return CompiledPhase(phase, time.perf_counter() - started, memory, known.get("error"),
-                             known.get("oom", False), cached=True, flops=known.get("flops"))
+                             known.get("oom", False), cached=True, flops=known.get("flops"),
+                             xla_seconds=known.get("compile_seconds"))
     try:
         compiled = lowered.compile()
         memory, flops = ProgramMemory.of(compiled, resident), _flops(compiled)
     except Exception as exc:  # XLA's compile errors are plain runtime errors carrying its message
         message = str(exc)
         oom = "RESOURCE_EXHAUSTED" in message or "Ran out of memory" in message
+        seconds = time.perf_counter() - started
         if oom and key is not None:
-            store.put(key, {"error": message, "oom": True})
-        return CompiledPhase(phase, time.perf_counter() - started, error=message, oom=oom)
+            store.put(key, {"error": message, "oom": True, "compile_seconds": round(seconds, 1)})
+        return CompiledPhase(phase, seconds, error=message, oom=oom, xla_seconds=seconds)
+    seconds = time.perf_counter() - started
     if key is not None:
-        store.put(key, {"memory": dataclasses.asdict(memory) | {"resident": 0}, "flops": flops})
-    return CompiledPhase(phase, time.perf_counter() - started, memory, flops=flops)
+        store.put(key, {"memory": dataclasses.asdict(memory) | {"resident": 0}, "flops": flops,
+                        "compile_seconds": round(seconds, 1)})
+    return CompiledPhase(phase, seconds, memory, flops=flops, xla_seconds=seconds)
 
 
 def _flops(compiled) -> float | None:

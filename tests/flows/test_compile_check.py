@@ -74,7 +74,10 @@ def test_cli_compile_json_and_cached_second_run(tmp_path, capsys):
     assert main(args) == 0
     second = capsys.readouterr()
     assert "figures from the cache" in second.err
-    assert json.loads((tmp_path / "out.json").read_text())["phases"]["rollout"]["xla_bytes"] == rollout["xla_bytes"]
+    again = json.loads((tmp_path / "out.json").read_text())["phases"]["rollout"]
+    assert again["xla_bytes"] == rollout["xla_bytes"] and again["cached"] and not rollout["cached"]
+    # The cached answer still says what XLA's compile cost the first time.
+    assert again["xla_compile_seconds"] == round(rollout["xla_compile_seconds"], 1) > 0
 
 
 def test_estimate_only_json_has_no_xla_figures(tmp_path, capsys):
