@@ -21,8 +21,11 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
 4. Optimizer moments follow optax: lion 1, adamw 2 (mu, nu), sgd 1 with momentum else 0,
    each in the param dtype (optax's default mu_dtype=None keeps the param dtype).
 5. Update gradients: grpo_core.train_step sums micro-batch gradients into a float32
-   accumulator shaped like the params, next to one micro-batch gradient in param dtype;
-   on TPU XLA keeps the accumulator twice (the scan carry's in and out; `Workload.tpu`).
+   accumulator shaped like the params, next to one micro-batch gradient in param dtype.
+   On TPU XLA holds the accumulator once or twice (the scan carry's input and output),
+   by its own schedule: the same 3B update program is 9.24 GiB for v6e-8 and 8.15 GiB for
+   v5e-8, about one float32 param copy apart, and the 7B updates fit one copy. The
+   estimate counts 1.5 copies on TPU (`TPU_ACCUMULATOR_COPIES`, `Workload.tpu`).
 6. Activations: the decoder scans over layers, so in a forward only one layer's
    intermediates are live. Attention is materialised (no flash kernel): float32 scores
    [B, Nq, T, S] plus probabilities. For the backward pass without remat every layer keeps
@@ -75,6 +78,8 @@ UPDATE_LOGIT_COPIES = 3  # XLA:CPU (process RSS, benchmarks/memory_check.py)
 # (SmolLM2, 16x8, 512 new tokens, v6e-8: f32[4,512,49152], 384 MiB).
 TPU_UPDATE_LOGIT_COPIES = 1
 DECODE_LOGIT_COPIES = 6
+# XLA:TPU holds the update's float32 gradient accumulator once or twice (assumption 5).
+TPU_ACCUMULATOR_COPIES = 1.5
 OPTIMIZER_MOMENTS = {"lion": 1, "adamw": 2, "sgd": 0}
 
 
@@ -349,11 +354,12 @@ def update_components(w: Workload) -> dict[str, int]:
     vocab = m.vocab_size // math.gcd(m.vocab_size, w.tp)
     parts = _resident(w)
     parts["gathered weights"] = _gathered_weights(w, layers=2)
-    # The micro-batch scan's float32 accumulator (twice on TPU: XLA keeps the carry's input
-    # and output; without it the estimate fell from 1.01 to 0.89 of XLA from the 0.5B to the
-    # 3B Qwen2.5 update, short by about one float32 copy of the params), plus one
-    # micro-batch gradient in the param dtype.
-    parts["gradients"] = (2 if w.tpu else 1) * param_bytes_per_device(w, 4) + param_bytes_per_device(w, pb)
+    # The micro-batch scan's float32 accumulator (on TPU 1.5 copies, assumption 5: with one,
+    # the estimate fell from 1.01 to 0.89 of XLA from the 0.5B to the 3B Qwen2.5 update on
+    # v6e-8; with two it was 1.24-1.31 of XLA for the 7B updates), plus one micro-batch
+    # gradient in the param dtype.
+    copies = TPU_ACCUMULATOR_COPIES if w.tpu else 1
+    parts["gradients"] = int(copies * param_bytes_per_device(w, 4)) + param_bytes_per_device(w, pb)
     if w.mesh_sizes.get("fsdp", 1) * w.tp > 1:
         # The gathered [V, D] matrix's gradient, whole and float32, before it is reduce-
         # scattered onto the shards (f32[49152,576] in XLA's buffer assignment for SmolLM2).
