@@ -32,7 +32,7 @@ def artifact(key="tpu-smoke-v6e-8") -> str:
 def test_local_smoke_passes_and_deletes_the_vm(prefect_harness, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     sha = make_repo(tmp_path / "src")
-    state = smoke(tmp_path)
+    state = smoke(tmp_path, compilation_cache_dir=str(tmp_path / "xla-cache"))
     assert state.is_completed(), state.message
     result = state.result()
     assert result["commit"] == sha and result["steps"] == 3 and result["zone"] == "local"
@@ -43,6 +43,8 @@ def test_local_smoke_passes_and_deletes_the_vm(prefect_harness, tmp_path, monkey
     assert list((tmp_path / "vms").iterdir()) == []
     logs = list((tmp_path / "results").rglob("train.log"))
     assert len(logs) == 2 and all("wandb_key=present" in p.read_text() for p in logs)
+    # every worker's job keeps its compiled programs in the persistent folder
+    assert all(f"train.compilation_cache_dir={tmp_path / 'xla-cache'}" in p.read_text() for p in logs)
     metrics = next((tmp_path / "results").rglob("metrics.jsonl")).read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3]
     assert grep_tree(tmp_path, SECRET) == [] and SECRET not in report and SECRET not in repr(result)
