@@ -88,3 +88,18 @@ def test_gcp_smoke_historical_zones_preempted_mid_run(prefect_harness, tmp_path,
     assert [argv[-1] for argv, stdin in ssh.calls if stdin] == [argv[-1] for argv in argvs if "wandb_api_key &&" in argv[-1]]
     assert all(SECRET not in " ".join(argv) for argv in argvs)
     assert "| monitor | failed |" in artifact() and "europe-west4-a" in artifact()
+
+
+def test_smoke_and_nightly_deployments_take_a_compilation_cache_their_flows_know():
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
+    for deployment in (d for d in spec["deployments"] if d["name"] in ("smoke-v6e8", "nightly-validation")):
+        path, name = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        assert "compilation_cache_dir" in deployment["parameters"]
+        assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
