@@ -4,22 +4,24 @@ to the first step with and without the persistent compilation cache.
 Every figure comes from real `grpo train` commands (one process each, as a user runs them)
 and the metrics.jsonl / summary.json they write:
 
-1. checkpoint: the quickstart config for `--steps` steps with checkpoint.every_steps=2, once
+1. checkpoint: the quickstart config for `--steps` steps with checkpoint.every_steps=3, once
    with synchronous saves and once with asynchronous ones. Per mode: the mean step time and
    update phase of checkpoint steps, of the steps right after them (the background write
-   overlaps their rollout) and of the other steps (step 0, which compiles, excluded), and
-   each save's own times (what it held the step, its write).
+   overlaps their rollout) and of the other steps (step 0, which compiles, and the last
+   step, which always saves, excluded), and each save's own times (what it held the step,
+   its write).
 2. compiles: 100 steps of a tiny random model on GSM8K-length prompts (byte tokenizer,
    synthetic problems at difficulty 3: 122-260 tokens, cut at 256), 16 prompts x 2 samples:
    the programs each phase compiled (summary.json), the padding cost, and how many prompt
    widths the earlier buckets (update: multiples of 16; sampler: multiples of 32 past 64)
-   would have compiled for the same prompts.
+   would have compiled for the same prompts. `widths`: the same count for wider spreads
+   (no model: token counts only).
 3. cache: the quickstart config for one step, three fresh run directories: a cold run that
    fills a shared cache folder, the same config again with that folder (warm), and again
    with an empty folder of its own (no cache). Time to the first step = session open
    (model load, restore) + the first step's compute, from summary.json.
 
-    python -m benchmarks.compute_time [--only checkpoint compiles cache] [--steps 7]
+    python -m benchmarks.compute_time [--only checkpoint compiles widths cache] [--steps 10]
 """
 from __future__ import annotations
 
@@ -68,12 +70,12 @@ def _mean(values) -> float | None:
 def checkpoint_rows(steps: int, work: Path) -> dict:
     out = {}
     for mode in ("sync", "async"):
-        run = train(QUICKSTART, work / f"ckpt-{mode}", [f"train.steps={steps}", "checkpoint.every_steps=2",
+        run = train(QUICKSTART, work / f"ckpt-{mode}", [f"train.steps={steps}", "checkpoint.every_steps=3",
                                                         f"checkpoint.asynchronous={str(mode == 'async').lower()}"])
-        recs = run["records"][1:]  # step 0 compiles
-        saved = [r for r in recs if "time_checkpoint" in r and r["step"] != steps - 1]
+        recs = run["records"][1:-1]  # step 0 compiles; the last step always saves
+        saved = [r for r in recs if "time_checkpoint" in r]
         after = [r for r in recs if r["step"] - 1 in {s["step"] for s in saved}]
-        other = [r for r in recs if r not in saved and r not in after and r["step"] != steps - 1]
+        other = [r for r in recs if r not in saved and r not in after]
         step_s = lambda rs: _mean(r["step_seconds"] for r in rs)  # noqa: E731
         out[mode] = {
             "checkpoint_steps": [r["step"] for r in saved],
@@ -121,6 +123,37 @@ def compile_rows(work: Path) -> dict:
     }
 
 
+def width_rows(steps: int = 100, prompts: int = 16) -> dict:
+    """Prompt widths `steps` batches of `prompts` GSM8K-format prompts would compile, now and
+    with the earlier buckets, and the buckets' padding (slots past each batch's longest
+    prompt / real prompt tokens); byte tokenizer, wider spreads than GSM8K included."""
+    from grpo_core.data import make_prompt_stream
+    from grpo_core.phases import prompt_token_ids
+    from grpo_core.sampling import prompt_slots
+    from schemas.loading import load_run_config
+    from tasks.model_source import model_spec
+
+    rows = {}
+    for difficulty, cut in ((3, 256), (4, 512), (5, 512)):
+        cfg = load_run_config(QUICKSTART, [*GSM8K_LIKE, f"data.difficulty={difficulty}", "data.num_train=4000",
+                                           f"rollout.max_prompt_tokens={cut}"])
+        _, tokenizer = model_spec(cfg.model, cfg.data.chat_template)
+        stream = make_prompt_stream(cfg.data)
+        batches = [np.array([len(p) for p in prompt_token_ids(tokenizer, stream.next_batch(prompts), None, None, cut)])
+                   for _ in range(steps)]
+        real = sum(int(b.sum()) for b in batches)
+        pad = lambda width: sum((width(int(b.max())) - b.max()) * len(b) for b in batches) / real  # noqa: E731
+        lengths = np.concatenate(batches)
+        rows[f"difficulty {difficulty}, cut at {cut}"] = {
+            "prompt_tokens_min_p50_max": [int(lengths.min()), float(np.median(lengths)), int(lengths.max())],
+            "widths": sorted({prompt_slots(int(b.max())) for b in batches}), "bucket_pad_ratio": pad(prompt_slots),
+            "old_sampler_widths": sorted({_old_widths(int(b.max()))[0] for b in batches}),
+            "old_update_widths": sorted({_old_widths(int(b.max()))[1] for b in batches}),
+            "old_update_bucket_pad_ratio": pad(lambda n: _old_widths(n)[1]),
+        }
+    return rows
+
+
 def cache_rows(work: Path) -> dict:
     shared = work / "xla-shared"
     rows = {}
@@ -137,7 +170,7 @@ def cache_rows(work: Path) -> dict:
 def markdown(results: dict) -> str:
     lines = []
     if "checkpoint" in results:
-        lines += ["| quickstart, checkpoint.every_steps=2 | sync | async |", "|---|---|---|"]
+        lines += ["| quickstart, checkpoint.every_steps=3 | sync | async |", "|---|---|---|"]
         c = results["checkpoint"]
         for key in ("step_s_checkpoint", "step_s_after", "step_s_other", "update_s_checkpoint", "update_s_other",
                     "save_blocking_s", "save_write_s", "rollout_s_after", "rollout_s_other"):
@@ -150,6 +183,15 @@ def markdown(results: dict) -> str:
             f"prompt widths {c['prompt_widths']} (earlier buckets: sampler {c['old_sampler_widths']}, "
             f"update {c['old_update_widths']}); bucket padding {c['bucket_pad_ratio']:.3f} of real prompt tokens, "
             f"prompt padding {c['pad_prompt_ratio_mean']:.3f}, update padding {c['pad_update_ratio_mean']:.3f}", ""]
+    if "widths" in results:
+        lines += ["| 100 steps x 16 prompts | prompt tokens min/median/max | widths now | bucket padding now | "
+                  "earlier: sampler widths | earlier: update widths | earlier update bucket padding |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in results["widths"].items():
+            lines.append(f"| {name} | {row['prompt_tokens_min_p50_max']} | {row['widths']} | "
+                         f"{row['bucket_pad_ratio']:.3f} | {row['old_sampler_widths']} | {row['old_update_widths']} | "
+                         f"{row['old_update_bucket_pad_ratio']:.3f} |")
+        lines.append("")
     if "cache" in results:
         lines += ["| quickstart, 1 step | time to first step s | command s | compile s | compiles (from cache) |",
                   "|---|---|---|---|---|"]
@@ -161,14 +203,14 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compute_time")
-    parser.add_argument("--only", nargs="+", choices=("checkpoint", "compiles", "cache"),
-                        default=["checkpoint", "compiles", "cache"])
-    parser.add_argument("--steps", type=int, default=7, help="quickstart steps of the checkpoint comparison")
+    parser.add_argument("--only", nargs="+", choices=("checkpoint", "compiles", "widths", "cache"),
+                        default=["checkpoint", "compiles", "widths", "cache"])
+    parser.add_argument("--steps", type=int, default=10, help="quickstart steps of the checkpoint comparison")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="compute-time-"))
     runners = {"checkpoint": lambda: checkpoint_rows(args.steps, work), "compiles": lambda: compile_rows(work),
-               "cache": lambda: cache_rows(work)}
+               "widths": width_rows, "cache": lambda: cache_rows(work)}
     for name in args.only:
         print(f"=== {name} ===", flush=True)
         load_before = os.getloadavg()[0]
