@@ -67,28 +67,34 @@ def _mean(values) -> float | None:
     return float(statistics.mean(values)) if values else None
 
 
-def checkpoint_rows(steps: int, work: Path) -> dict:
+def checkpoint_summary(records: list[dict], last_step: int) -> dict:
+    """Step and phase means of checkpoint steps, the steps right after them, and the others
+    (step 0, which compiles, and `last_step`, which always saves, left out)."""
+    recs = [r for r in records if 0 < r["step"] < last_step]
+    saved = [r for r in recs if "time_checkpoint" in r]
+    after = [r for r in recs if r["step"] - 1 in {s["step"] for s in saved}]
+    other = [r for r in recs if r not in saved and r not in after]
+    step_s = lambda rs: _mean(r["step_seconds"] for r in rs)  # noqa: E731
+    return {
+        "checkpoint_steps": [r["step"] for r in saved],
+        "step_s_checkpoint": step_s(saved), "step_s_after": step_s(after), "step_s_other": step_s(other),
+        "update_s_checkpoint": _mean(r["time_update"] + r["time_checkpoint"] for r in saved),
+        "update_s_other": _mean(r["time_update"] for r in after + other),
+        "save_blocking_s": _mean(r["time_checkpoint"] for r in saved),
+        "save_write_s": _mean(r.get("checkpoint_write_s") for r in saved),
+        "rollout_s_after": _mean(r["time_rollout"] for r in after),
+        "rollout_s_other": _mean(r["time_rollout"] for r in other),
+        "records": records,
+    }
+
+
+def checkpoint_rows(steps: int, work: Path, modes=("sync", "async")) -> dict:
     out = {}
-    for mode in ("sync", "async"):
+    for mode in modes:
         run = train(QUICKSTART, work / f"ckpt-{mode}", [f"train.steps={steps}", "checkpoint.every_steps=3",
                                                         f"checkpoint.asynchronous={str(mode == 'async').lower()}"])
-        recs = run["records"][1:-1]  # step 0 compiles; the last step always saves
-        saved = [r for r in recs if "time_checkpoint" in r]
-        after = [r for r in recs if r["step"] - 1 in {s["step"] for s in saved}]
-        other = [r for r in recs if r not in saved and r not in after]
-        step_s = lambda rs: _mean(r["step_seconds"] for r in rs)  # noqa: E731
-        out[mode] = {
-            "checkpoint_steps": [r["step"] for r in saved],
-            "step_s_checkpoint": step_s(saved), "step_s_after": step_s(after), "step_s_other": step_s(other),
-            "update_s_checkpoint": _mean(r["time_update"] + r["time_checkpoint"] for r in saved),
-            "update_s_other": _mean(r["time_update"] for r in other),
-            "save_blocking_s": _mean(r["time_checkpoint"] for r in saved),
-            "save_write_s": _mean(r.get("checkpoint_write_s") for r in saved),
-            "rollout_s_after": _mean(r["time_rollout"] for r in after),
-            "rollout_s_other": _mean(r["time_rollout"] for r in other),
-            "compiles": {k: v["compiles"] for k, v in run["summary"]["compiles"].items()},
-            "records": run["records"],
-        }
+        out[mode] = checkpoint_summary(run["records"], steps - 1)
+        out[mode]["compiles"] = {k: v["compiles"] for k, v in run["summary"]["compiles"].items()}
     return out
 
 
@@ -171,10 +177,10 @@ def markdown(results: dict) -> str:
     lines = []
     if "checkpoint" in results:
         lines += ["| quickstart, checkpoint.every_steps=3 | sync | async |", "|---|---|---|"]
-        c = results["checkpoint"]
+        c = {mode: results["checkpoint"].get(mode, {}) for mode in ("sync", "async")}
         for key in ("step_s_checkpoint", "step_s_after", "step_s_other", "update_s_checkpoint", "update_s_other",
                     "save_blocking_s", "save_write_s", "rollout_s_after", "rollout_s_other"):
-            lines.append(f"| {key} | {c['sync'][key] or float('nan'):.2f} | {c['async'][key] or float('nan'):.2f} |")
+            lines.append(f"| {key} | {c['sync'].get(key) or float('nan'):.2f} | {c['async'].get(key) or float('nan'):.2f} |")
         lines.append("")
     if "compiles" in results:
         c = results["compiles"]
@@ -206,10 +212,12 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=("checkpoint", "compiles", "widths", "cache"),
                         default=["checkpoint", "compiles", "widths", "cache"])
     parser.add_argument("--steps", type=int, default=10, help="quickstart steps of the checkpoint comparison")
+    parser.add_argument("--modes", nargs="+", choices=("sync", "async"), default=["sync", "async"],
+                        help="checkpoint modes to run (one at a time where memory is short)")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="compute-time-"))
-    runners = {"checkpoint": lambda: checkpoint_rows(args.steps, work), "compiles": lambda: compile_rows(work),
+    runners = {"checkpoint": lambda: checkpoint_rows(args.steps, work, args.modes), "compiles": lambda: compile_rows(work),
                "widths": width_rows, "cache": lambda: cache_rows(work)}
     for name in args.only:
         print(f"=== {name} ===", flush=True)
