@@ -16,10 +16,11 @@ and the metrics.jsonl / summary.json they write:
    widths the earlier buckets (update: multiples of 16; sampler: multiples of 32 past 64)
    would have compiled for the same prompts. `widths`: the same count for wider spreads
    (no model: token counts only).
-3. cache: the quickstart config for one step, three fresh run directories: a cold run that
-   fills a shared cache folder, the same config again with that folder (warm), and again
-   with an empty folder of its own (no cache). Time to the first step = session open
-   (model load, restore) + the first step's compute, from summary.json.
+3. cache: the quickstart config (or `--cache-model tiny`: the compile run's model and
+   prompts) for one step, three fresh run directories: a cold run that fills a shared
+   cache folder, the same config again with that folder (warm), and again with an empty
+   folder of its own (no cache). Time to the first step = session open (model load,
+   restore) + the first step's compute, from summary.json.
 
     python -m benchmarks.compute_time [--only checkpoint compiles widths cache] [--steps 10]
 """
@@ -160,11 +161,13 @@ def width_rows(steps: int = 100, prompts: int = 16) -> dict:
     return rows
 
 
-def cache_rows(work: Path) -> dict:
-    shared = work / "xla-shared"
-    rows = {}
-    for name, cache in (("cold", shared), ("warm", shared), ("no_cache", work / "xla-empty")):
-        run = train(QUICKSTART, work / f"cache-{name}", ["train.steps=1", f"train.compilation_cache_dir={cache}"])
+def cache_rows(work: Path, model: str = "quickstart") -> dict:
+    """model: quickstart (SmolLM2) or tiny (the compile run's tiny model and prompts)."""
+    shared, base = work / f"xla-shared-{model}", (GSM8K_LIKE if model == "tiny" else [])
+    rows = {"model": model}
+    for name, cache in (("cold", shared), ("warm", shared), ("no_cache", work / f"xla-empty-{model}")):
+        run = train(QUICKSTART, work / f"cache-{model}-{name}",
+                    [*base, "train.steps=1", f"train.compilation_cache_dir={cache}"])
         compiles = run["summary"]["compiles"]
         rows[name] = {"time_to_first_step_s": run["summary"]["time_to_first_step_s"], "command_wall_s": run["wall_s"],
                       "compile_s": sum(c["seconds"] for c in compiles.values()),
@@ -199,9 +202,11 @@ def markdown(results: dict) -> str:
                          f"{row['old_update_bucket_pad_ratio']:.3f} |")
         lines.append("")
     if "cache" in results:
-        lines += ["| quickstart, 1 step | time to first step s | command s | compile s | compiles (from cache) |",
+        lines += [f"| {results['cache']['model']}, 1 step | time to first step s | command s | compile s | compiles (from cache) |",
                   "|---|---|---|---|---|"]
         for name, row in results["cache"].items():
+            if name == "model":
+                continue
             lines.append(f"| {name} | {row['time_to_first_step_s']:.1f} | {row['command_wall_s']:.1f} | "
                          f"{row['compile_s']:.1f} | {row['compiles']} ({row['from_cache']}) |")
     return "\n".join(lines)
@@ -214,11 +219,13 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="quickstart steps of the checkpoint comparison")
     parser.add_argument("--modes", nargs="+", choices=("sync", "async"), default=["sync", "async"],
                         help="checkpoint modes to run (one at a time where memory is short)")
+    parser.add_argument("--cache-model", choices=("quickstart", "tiny"), default="quickstart",
+                        help="the model of the cache runs")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="compute-time-"))
     runners = {"checkpoint": lambda: checkpoint_rows(args.steps, work, args.modes), "compiles": lambda: compile_rows(work),
-               "widths": width_rows, "cache": lambda: cache_rows(work)}
+               "widths": width_rows, "cache": lambda: cache_rows(work, args.cache_model)}
     for name in args.only:
         print(f"=== {name} ===", flush=True)
         load_before = os.getloadavg()[0]

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +50,31 @@ class SaveTimes:
     write_s: float | None = None
 
 
+_WRITERS: "weakref.WeakSet[Checkpoints]" = weakref.WeakSet()
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
+
+
+def _finish_writes_at_exit() -> None:
+    for writer in list(_WRITERS):
+        try:
+            writer.wait()
+        except Exception:  # the process is exiting; the save is lost and was never committed
+            logging.getLogger(__name__).exception("a checkpoint write failed while the process exited")
+
+
+def _wait_at_exit(writer: "Checkpoints") -> None:
+    """Make an exiting process finish `writer`'s save in flight first. threading's exit hooks
+    run before concurrent.futures stops its executors, which orbax's background write still
+    needs (`atexit` runs after that: the write would fail with "cannot schedule new futures")."""
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            threading._register_atexit(_finish_writes_at_exit)  # noqa: SLF001 (no public hook runs early enough)
+            _exit_hook_registered = True
+        _WRITERS.add(writer)
+
+
 class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 2, read_only: bool = False, asynchronous: bool = True,
                  before_commit: Callable[[int], None] | None = None):
@@ -69,6 +95,8 @@ class Checkpoints:
         self._watcher: threading.Thread | None = None
         self._error: BaseException | None = None
         self._failed = False  # a background write failed and its error was raised
+        if self.asynchronous:
+            _wait_at_exit(self)
 
     def latest(self) -> int | None:
         """Step label of the newest complete (committed) checkpoint, or None."""
@@ -97,7 +125,6 @@ class Checkpoints:
         if not self.asynchronous:
             self._in_flight, saved.write_s = None, saved.blocking_s
             return saved
-        # Not a daemon: an interpreter that exits waits for the commit.
         self._watcher = threading.Thread(target=self._commit_watch, args=(saved, copy_started),
                                          name=f"checkpoint-{label}-commit")
         self._watcher.start()

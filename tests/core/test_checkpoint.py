@@ -74,3 +74,17 @@ def test_synchronous_saves_are_committed_when_save_returns(tmp_path):
     assert saved.write_s == saved.blocking_s and checkpoints.latest() == 1
     assert Checkpoints(tmp_path, read_only=True).steps() == [1]
     checkpoints.close()
+
+
+def test_a_process_that_exits_with_a_save_in_flight_commits_it_first(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, jax.numpy as jnp\nfrom grpo_core.checkpoint import Checkpoints\n"
+              "Checkpoints(sys.argv[1]).save(1, {'w': jnp.ones((256, 256))}, {'count': jnp.int32(1)}, {'next_step': 1})\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Checkpoints(tmp_path, read_only=True).steps() == [1]
