@@ -78,12 +78,16 @@ def smoke_flow(
     source_repo: str | None = None,
     results_dir: str = "runs/smoke",
     wandb_secret_block: str | None = None,
+    compilation_cache_dir: str | None = None,
 ) -> dict:
     """Smoke-test `commit` (default HEAD) with `config` (a path in the repo) on a fresh VM.
 
     preflight: check the config fits before renting; compile_check: and compile its programs
     for the slice with XLA on this worker (`grpo preflight --compile`, needs the tpu extra),
-    so no VM is rented for a config that does not compile or fit."""
+    so no VM is rented for a config that does not compile or fit. compilation_cache_dir:
+    where the training job keeps its compiled programs across runs (train.compilation_cache_dir:
+    a gs:// path the VMs can write for gcp, a folder on this machine for local); none = the
+    fresh VM's empty run directory."""
     overrides = list(overrides or [])
     report = StageReport(f"tpu-smoke: {tpu.accelerator_type} via {provider}")
     backend = make_provider(provider, tpu, log=run_log)
@@ -94,7 +98,9 @@ def smoke_flow(
         stage.note = f"{checkout.commit[:12]}, {steps} steps expected"
     report.facts.update(commit=checkout.commit, config=config, overrides=" ".join(overrides) or "none",
                         provisioning=tpu.provisioning_note())
-    train_argv = scripts.train_command(config, overrides, tuple(job_command or scripts.TRAIN_COMMAND), job_env)
+    report.facts["compilation cache"] = compilation_cache_dir or "none (empty on the fresh VM)"
+    train_argv = scripts.train_command(config, scripts.job_overrides(overrides, compilation_cache_dir),
+                                       tuple(job_command or scripts.TRAIN_COMMAND), job_env)
     results = Path(results_dir) / node_name(str(current_run.id or uuid.uuid4()))
     try:
         with report.stage("preflight") as stage:

@@ -40,7 +40,9 @@ def _phase_inputs(session) -> dict:
         "rollout": config_digest(cfg.model, cfg.rollout, cfg.data, cfg.train.seed),
         "reward": config_digest(cfg.rewards),
         "advantage": config_digest(cfg.advantage, cfg.rollout.n),
-        "update": config_digest(cfg.loss, cfg.train, cfg.model.remat),
+        # where compiled programs are cached changes no result (and may change on resume)
+        "update": config_digest(cfg.loss, cfg.train.model_dump(mode="json", exclude={"compilation_cache_dir"}),
+                                cfg.model.remat),
         "eval": config_digest(cfg.model, cfg.eval, cfg.data, cfg.rollout.max_new_tokens),
     }
 
@@ -145,15 +147,17 @@ async def train_flow(config: RunConfig, run_dir: str = "runs/default") -> dict:
 
 
 async def _train(config: RunConfig, run_dir: Path) -> dict:
+    opened = time.perf_counter()
     session = TrainSession.open(config, run_dir)
-    observer = RunObserver(session)
+    observer = RunObserver(session, opened)
     try:
         with shared_client():
             for step in range(config.train.steps):
                 started = time.perf_counter()
                 manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(session.run_id, step)
                 observer.step_done(step, manifests, time.perf_counter() - started)
+            session.wait_for_checkpoints()  # the run is done when its last checkpoint is committed
             return observer.finish()
     finally:
         observer.close()
-        session.close()
+        session.close()  # waits for a save still in flight (an error or a cancel above)

@@ -51,10 +51,14 @@ def validate_flow(commit: str | None = None, baseline_commit: str | None = None,
                   tpu: TpuRequest = TpuRequest(), timeouts: SmokeTimeouts = SmokeTimeouts(),
                   tolerances: Tolerances = Tolerances(), baseline_dir: str = "runs/baselines", promote: bool = True,
                   source_repo: str | None = None, job_command: list[str] | None = None,
-                  job_env: dict[str, str] | None = None, results_dir: str = "runs/smoke") -> dict:
+                  job_env: dict[str, str] | None = None, results_dir: str = "runs/smoke",
+                  compilation_cache_dir: str | None = None) -> dict:
+    """compilation_cache_dir: the smoke runs' persistent compilation cache (see smoke_flow); not
+    part of the baseline's identity, since it changes no result."""
     overrides = list(overrides or [])
     smoke = dict(provider=provider, config=config, overrides=overrides, tpu=tpu, timeouts=timeouts,
-                 source_repo=source_repo, job_command=job_command, job_env=job_env, results_dir=results_dir)
+                 source_repo=source_repo, job_command=job_command, job_env=job_env, results_dir=results_dir,
+                 compilation_cache_dir=compilation_cache_dir)
     store = baseline_dir_for(baseline_dir, config, overrides)
     baseline_commit = baseline_commit or ((store / "latest").read_text().strip() if (store / "latest").exists() else None)
     if baseline_commit and not (store / f"{baseline_commit}.jsonl").exists():

@@ -2,14 +2,28 @@
 
 A checkpoint labelled k holds the state AFTER step k's update, i.e. the state a run
 needs to start step k + 1. The sidecar carries everything else a resume needs: the next
-step, the data stream position and the PRNG seed state. Saves are synchronous so a
-checkpoint that `latest()` reports is complete (orbax commits it atomically).
+step, the data stream position and the PRNG seed state.
+
+Saves are asynchronous (orbax's async manager): `save` returns once the state is copied
+off the device, and the write runs in a background thread while training continues.
+orbax writes into a temporary directory and renames it (a commit file on object stores)
+only when everything is on disk, so a save killed half-way leaves no checkpoint, and
+`latest()`/`steps()` never report the save still in flight. One save is in flight at a
+time: the next `save` first waits for the previous one. `wait()` (also run by `close()`
+and, for any writer still open, when the process exits) waits for the last one. A crash
+before a save commits costs nothing but replayed work: the run resumes from the newest
+committed checkpoint (flows/train.py replays the cached advantages through `update`).
 
 Readers that are not the run (export, eval) open the directory `read_only`: they never
 create, delete or clean up anything, so a run still training keeps its checkpoints, and
 a save killed half-way (a temporary orbax directory) is neither listed nor removed.
 """
+import dataclasses
 import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -24,32 +38,115 @@ class _ReadOnlyNotice(logging.Filter):
         return "Given directory is read only" not in record.getMessage()
 
 
+@dataclasses.dataclass
+class SaveTimes:
+    """Seconds one save took. blocking_s: what `save` held its caller (waiting for the
+    previous save + copying the state off the device); wait_previous_s: the first part of
+    it; write_s: from the copy's start to the commit (None while the write is in flight)."""
+
+    label: int
+    blocking_s: float
+    wait_previous_s: float
+    write_s: float | None = None
+
+
+_WRITERS: "weakref.WeakSet[Checkpoints]" = weakref.WeakSet()
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
+
+
+def _finish_writes_at_exit() -> None:
+    for writer in list(_WRITERS):
+        try:
+            writer.wait()
+        except Exception:  # the process is exiting; the save is lost and was never committed
+            logging.getLogger(__name__).exception("a checkpoint write failed while the process exited")
+
+
+def _wait_at_exit(writer: "Checkpoints") -> None:
+    """Make an exiting process finish `writer`'s save in flight first. threading's exit hooks
+    run before concurrent.futures stops its executors, which orbax's background write still
+    needs (`atexit` runs after that: the write would fail with "cannot schedule new futures")."""
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            threading._register_atexit(_finish_writes_at_exit)  # noqa: SLF001 (no public hook runs early enough)
+            _exit_hook_registered = True
+        _WRITERS.add(writer)
+
+
 class Checkpoints:
-    def __init__(self, directory: str | Path, keep: int = 2, read_only: bool = False):
+    def __init__(self, directory: str | Path, keep: int = 2, read_only: bool = False, asynchronous: bool = True,
+                 before_commit: Callable[[int], None] | None = None):
+        """before_commit(label): called in the background once a save's files are written and
+        before it commits (async saves only; the resume tests kill the process there)."""
+        self.asynchronous = asynchronous and not read_only
+        hook = before_commit if self.asynchronous else None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
-            save_interval_steps=0 if read_only else 1, enable_async_checkpointing=False,
+            save_interval_steps=0 if read_only else 1, enable_async_checkpointing=self.asynchronous,
+            cleanup_tmp_directories=not read_only,  # a killed save's leftovers; only the run writes here
+            async_options=ocp.AsyncOptions(post_finalization_callback=lambda: hook(self._in_flight)) if hook else None,
         )
         if read_only:
             _quiet_read_only_notice()
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self._in_flight: int | None = None
+        self._watcher: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._failed = False  # a background write failed and its error was raised
+        if self.asynchronous:
+            _wait_at_exit(self)
 
     def latest(self) -> int | None:
-        """Step label of the newest complete checkpoint, or None."""
-        return self.manager.latest_step()
+        """Step label of the newest complete (committed) checkpoint, or None."""
+        steps = self.steps()
+        return steps[-1] if steps else None
 
     def steps(self) -> list[int]:
-        """Step labels of every complete checkpoint, oldest first."""
-        return sorted(self.manager.all_steps())
+        """Step labels of every complete checkpoint, oldest first (never the save in flight)."""
+        in_flight = self._in_flight
+        return sorted(s for s in self.manager.all_steps() if s != in_flight)
 
-    def save(self, step: int, params, opt_state, meta: dict) -> None:
+    def save(self, label: int, params, opt_state, meta: dict) -> SaveTimes:
+        """Save the state as checkpoint `label`; returns once it is copied off the device
+        (after the write too when not asynchronous). The arrays may be donated afterwards."""
+        started = time.perf_counter()
+        self.wait()
+        copy_started = time.perf_counter()
+        self._in_flight = label
         state = {"params": params, "opt_state": opt_state}
         self.manager.save(
-            step,
+            label,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=True,
         )
-        self.manager.wait_until_finished()
+        saved = SaveTimes(label, time.perf_counter() - started, copy_started - started)
+        if not self.asynchronous:
+            self._in_flight, saved.write_s = None, saved.blocking_s
+            return saved
+        self._watcher = threading.Thread(target=self._commit_watch, args=(saved, copy_started),
+                                         name=f"checkpoint-{label}-commit")
+        self._watcher.start()
+        return saved
+
+    def _commit_watch(self, saved: SaveTimes, copy_started: float) -> None:
+        try:
+            self.manager.wait_until_finished()
+            saved.write_s = time.perf_counter() - copy_started
+        except BaseException as err:  # re-raised by the caller's next wait()
+            self._error = err
+        finally:
+            self._in_flight = None
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) has committed; raise its error if it failed."""
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+        if self._error is not None:
+            error, self._error, self._failed = self._error, None, True
+            raise error
 
     def restore(self, step: int, params_like, opt_state_like) -> tuple[dict, object, dict]:
         """(params, opt_state, meta) of checkpoint `step`, placed like the given templates."""
@@ -77,7 +174,15 @@ class Checkpoints:
         return restored.state["params"], dict(restored.meta)
 
     def close(self) -> None:
-        self.manager.close()
+        """Wait for the save in flight, then release orbax's resources."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:
+                if not self._failed:  # orbax raises a failed write's error again; it was raised once
+                    raise
 
 
 def _abstract(x) -> jax.ShapeDtypeStruct:

@@ -34,13 +34,13 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
 7. Logits are float32. The update holds several [mb, M, V] arrays for a
    micro-batch: on CPU 3 (logits, softmax for logsumexp/entropy, and their gradient), on
    TPU 1 (`TPU_UPDATE_LOGIT_COPIES`, `Workload.tpu`: XLA fuses them into one buffer): only the M
-   completion columns go through the LM head. Its batch is T = prompt rounded up to 16 +
+   completion columns go through the LM head. Its batch is T = `sampling.prompt_slots` +
    M new tokens wide (grpo_core.phases); when a micro-batch holds whole GRPO groups the
    prompt part runs once per group and its keys/values are repeated for the group's
    completions (grpo_core.train_step, "shared prompt kv"). The sampler
    (grpo_core.sampling) pads the global prompt count to a power of two and then to the
    batch shards, and the prompt length to `sampling.prompt_slots` (a power of two up to
-   64, then a multiple of 32); it prefills each prompt once into
+   64, then four widths per doubling); it prefills each prompt once into
    a [L, P, Tp] cache, computes only the last position's logits, and repeats that cache n
    times into the decode cache [L, P*n, Tp+M]. XLA does NOT fuse the repeat into that
    write: the repeated [L, P*n, Tp] copy is live beside the decode cache (seen in the
@@ -202,8 +202,8 @@ class Workload:
 
     @property
     def update_tokens(self) -> int:
-        """Update batch width: prompt rounded up to 16 (grpo_core.phases) plus completion."""
-        return -(-self.max_prompt_tokens // 16) * 16 + self.new_tokens
+        """Update batch width: the sampler's prompt slots (grpo_core.phases) plus completion."""
+        return self.prompt_slots + self.new_tokens
 
     @property
     def update_rows_per_device(self) -> int:

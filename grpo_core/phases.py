@@ -13,7 +13,7 @@ import pyarrow as pa
 from grpo_core.advantages import compute_advantages, group_correctness_stats
 from grpo_core.artifacts import ADVANTAGE_SCHEMA, ROLLOUT_SCHEMA, id_columns, reward_schema
 from grpo_core.rewards import compute_rewards
-from grpo_core.sampling import generate
+from grpo_core.sampling import generate, prompt_slots
 from grpo_core.tokenizer import build_prompt_ids
 
 CORRECTNESS_REWARD = "gsm8k_correct"
@@ -91,27 +91,25 @@ def advantage_table(rewards: pa.Table, group_size: int, estimator: str, eps: flo
     return pa.Table.from_pydict(columns, schema=ADVANTAGE_SCHEMA), stats
 
 
-def _bucket(length: int, multiple: int) -> int:
-    return max(multiple, -(-length // multiple) * multiple)
-
-
-def update_width(longest_prompt: int, max_new_tokens: int, prompt_bucket: int = 16) -> int:
-    """Columns of the train batch (`update_batch`): the prompt bucketed, then the completion slots."""
-    return _bucket(longest_prompt, prompt_bucket) + max_new_tokens
+def update_width(longest_prompt: int, max_new_tokens: int) -> int:
+    """Columns of the train batch (`update_batch`): the sampler's prompt width, then the completion slots."""
+    return prompt_slots(longest_prompt) + max_new_tokens
 
 
 def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, pad_id: int,
-                 prompt_bucket: int = 16, prompt_width: int | None = None) -> dict[str, np.ndarray]:
+                 prompt_width: int | None = None) -> dict[str, np.ndarray]:
     """Padded train-step arrays [B, T]: left-padded prompt, then completion, then right padding.
 
-    T = (longest prompt rounded up to `prompt_bucket`) + max_new_tokens, so a run compiles
-    the update for a few shapes only, and completions always fill the LAST
-    max_new_tokens columns (the train step scores only those: Trainer(score_last=...)). Returns tokens_bt, positions_bt, attn_mask_bt,
-    completion_mask_bt (int32) and advantages_b (float32).
+    T = `sampling.prompt_slots` of the longest prompt (or of `prompt_width`, the longest over
+    every process) + max_new_tokens: the same prompt buckets as the sampler, so a run
+    compiles the update for as few shapes as the sampler, and completions always fill the
+    LAST max_new_tokens columns (the train step scores only those: Trainer(score_last=...)).
+    Returns tokens_bt, positions_bt, attn_mask_bt, completion_mask_bt (int32) and
+    advantages_b (float32).
     """
     prompts = rollout.column("prompt_ids").to_pylist()
     completions = rollout.column("completion_ids").to_pylist()
-    total = update_width(max(prompt_width or 0, *(len(p) for p in prompts)), max_new_tokens, prompt_bucket)
+    total = update_width(max(prompt_width or 0, *(len(p) for p in prompts)), max_new_tokens)
     width = total - max_new_tokens
     tokens = np.full((len(prompts), total), pad_id, np.int32)
     attn = np.zeros_like(tokens)
@@ -130,3 +128,15 @@ def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, p
         "completion_mask_bt": completion_mask,
         "advantages_b": np.asarray(advantages.column("advantage"), np.float32),
     }
+
+
+def padding_stats(batch: dict[str, np.ndarray], max_new_tokens: int) -> dict[str, float]:
+    """Padding cost of an `update_batch`: padded / real tokens of the prompt columns (the
+    prompt buckets' cost, the same in the sampler's prefill) and of the whole batch
+    (completions shorter than max_new_tokens included)."""
+    attn, completion = batch["attn_mask_bt"], batch["completion_mask_bt"]
+    rows, width = attn.shape
+    real_prompt = float(attn.sum() - completion.sum())
+    real = float(attn.sum())
+    return {"pad_prompt_ratio": (rows * (width - max_new_tokens) - real_prompt) / max(real_prompt, 1.0),
+            "pad_update_ratio": (rows * width - real) / max(real, 1.0)}

@@ -242,8 +242,10 @@ class Trainer:
         """jit with outputs sharded exactly like the donated inputs, so buffers are reused."""
         shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
         param_shardings = shardings(params)
-        fn = lambda p, s, b, r: self._update(p, s, b, r, param_shardings)
-        return jax.jit(fn, donate_argnums=(0, 1),
+        def train_step(p, s, b, r):  # the name jax reports its compiles under (grpo_core.compiles)
+            return self._update(p, s, b, r, param_shardings)
+
+        return jax.jit(train_step, donate_argnums=(0, 1),
                        out_shardings=(param_shardings, shardings(opt_state), None))
 
     # ---- traced ----------------------------------------------------------------------

@@ -31,6 +31,10 @@ class MeshSection(Section):
 class CheckpointSection(Section):
     every_steps: int = Field(1, ge=1, description="Save params, optimizer state, data position and PRNG state every N steps.")
     keep: int = Field(2, ge=1, le=1000, description="Newest checkpoints kept on disk.")
+    asynchronous: bool = Field(
+        True, description="Write checkpoints in the background (the step waits only for the copy off the device; "
+        "the run waits for the last write before it ends); false = the update phase waits for the whole write.",
+    )
 
 
 class WandbSection(Section):

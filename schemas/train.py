@@ -41,3 +41,9 @@ class TrainSection(Section):
     )
     seed: int = Field(0, ge=0, description="Seed of parameter init (random models), sampling and shuffling.")
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection, description="Optimizer and schedule.")
+    compilation_cache_dir: str | None = Field(
+        None, min_length=1,
+        description="jax's persistent compilation cache: a folder (shared between runs) or a gs:// path for TPU "
+        "workers, so a second run of the same programs loads them instead of compiling; null = <run dir>/xla-cache. "
+        "May change on resume.",
+    )

@@ -2,7 +2,9 @@
 
 kind: kill (SIGKILL this process, as a preemption would), raise (a Python traceback),
 oom (print an XLA-style RESOURCE_EXHAUSTED line and exit 1). Fired inside the phase,
-after its compute and before its artifact is written.
+after its compute and before its artifact is written. Phase "checkpoint" fires in the
+background write of the checkpoint saved after that step, once its files are written and
+before it commits (tasks/session.py).
 """
 import os
 import signal

@@ -10,7 +10,7 @@ import time
 from prefect import task
 
 from grpo_core.artifacts import SCHEMA_VERSION, atomic_write_bytes, read_table, sha256_file, write_table
-from grpo_core import phases
+from grpo_core import compiles, phases
 from grpo_core.errors import UserError
 from schemas.manifests import PhaseManifest
 from tasks.cache import PhaseInput
@@ -54,7 +54,8 @@ def _require_params(session, phase_input: PhaseInput) -> None:
 def rollout(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     _require_params(session, phase_input)
-    table = session.rollout(phase_input.step)
+    with compiles.in_phase("rollout"):
+        table = session.rollout(phase_input.step)
     return _finish(phase_input, session, table, phases.rollout_stats(table), started)
 
 
@@ -77,8 +78,9 @@ def advantage(phase_input: PhaseInput) -> PhaseManifest:
 @task(name="update", task_run_name="update-{phase_input.step}")
 def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
-    metrics = session.update(phase_input.step, _upstream_table(session, phase_input, rollout_manifest),
-                             _upstream_table(session, phase_input))
+    with compiles.in_phase("update"):
+        metrics = session.update(phase_input.step, _upstream_table(session, phase_input, rollout_manifest),
+                                 _upstream_table(session, phase_input))
     return _write_json(phase_input, session, metrics, started)
 
 
@@ -86,18 +88,20 @@ def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseMan
 def evaluate(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     _require_params(session, phase_input)
-    return _write_json(phase_input, session, session.evaluate(), started)
+    with compiles.in_phase("eval"):
+        stats = session.evaluate()
+    return _write_json(phase_input, session, stats, started)
 
 
 def _write_json(phase_input: PhaseInput, session, stats: dict, started: float) -> PhaseManifest:
     maybe_inject_fault(phase_input.phase, phase_input.step)
     rel = artifact_path(session, phase_input.step, phase_input.phase, "json")
     atomic_write_bytes(session.run_dir / rel, json.dumps(stats, indent=1, sort_keys=True).encode())
-    if phase_input.phase == "update" and session.should_checkpoint(phase_input.step):
-        session.save_checkpoint()
-    seconds = time.perf_counter() - started  # the checkpoint is part of the update phase
+    seconds = time.perf_counter() - started
     session.record_timing(phase_input.step, phase_input.phase, seconds)
+    if phase_input.phase == "update" and session.should_checkpoint(phase_input.step):
+        with compiles.in_phase("checkpoint"):
+            session.save_checkpoint(phase_input.step)  # its own timing; the write goes on in the background
     return PhaseManifest(run_id=phase_input.run_id, step=phase_input.step, phase=phase_input.phase, path=rel,
                          rows=1, sha256=sha256_file(session.run_dir / rel), schema_version=SCHEMA_VERSION,
                          stats=stats, seconds=seconds)
-

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grpo_core import phases
+from grpo_core import compiles, phases
 from grpo_core.artifacts import atomic_write_bytes
-from grpo_core.checkpoint import Checkpoints
+from grpo_core.checkpoint import Checkpoints, SaveTimes
 from grpo_core.data import make_prompt_stream
 from grpo_core.errors import UserError
 from grpo_core.models.model import Model
@@ -27,6 +27,7 @@ from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml, read_yaml
 from schemas.run import RunConfig
+from tasks.faults import maybe_inject_fault
 from tasks.host import keep_freed_memory
 from tasks.model_source import check_model_source, resolve_model
 from tasks.multihost import auto_mesh_shape, global_max, warn_if_fsdp_spans_hosts
@@ -67,9 +68,11 @@ class RunLock:
 
 
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    """A run directory holds one run: only train.steps, eval, logging and mesh may change on resume."""
+    """A run directory holds one run: only train.steps, where compilations are cached, whether
+    checkpoints are written in the background, eval, logging and mesh may change on resume."""
     saved = run_dir / "config.yaml"
-    mutable = {"train": {"steps"}, "logging": None, "eval": None, "mesh": None}
+    mutable = {"train": {"steps", "compilation_cache_dir"}, "checkpoint": {"asynchronous"}, "logging": None,
+               "eval": None, "mesh": None}
     if saved.exists():
         old = RunConfig.model_validate(read_yaml(saved)).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
@@ -143,9 +146,11 @@ class TrainSession(RunPlan):
         self.trainer = make_trainer(cfg, self.model_cfg, self.mesh, self.derived.grad_accum_steps)
         self.opt_state = self.trainer.init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
-        self.checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        self.checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
+                                       asynchronous=cfg.checkpoint.asynchronous, before_commit=_checkpoint_fault)
         self.params_version = 0
         self.timings: dict[int, dict[str, float]] = {}
+        self.saves: dict[int, SaveTimes] = {}  # by training step
         self._restore_latest()
 
     @classmethod
@@ -158,7 +163,12 @@ class TrainSession(RunPlan):
             _check_same_run(run_dir, cfg)
             if jax.process_index() == 0:
                 atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode())
-            session = cls(cfg, run_dir)
+            compiles.install()
+            compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir))
+            compile_mark = compiles.mark()
+            with compiles.in_phase("setup"):
+                session = cls(cfg, run_dir)
+            session.compile_mark = compile_mark
         except BaseException:
             lock.release()
             raise
@@ -194,10 +204,18 @@ class TrainSession(RunPlan):
         done = step + 1
         return done % self.cfg.checkpoint.every_steps == 0 or done == self.cfg.train.steps
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, step: int) -> None:
+        """Checkpoint the state after `step`'s update; the write continues in the background
+        (`wait_for_checkpoints`). Records the seconds the save held the step ("checkpoint")."""
         meta = {"next_step": self.params_version, "data": self.data_state(self.params_version),
                 "seed": self.cfg.train.seed}
-        self.checkpoints.save(self.params_version, self.params, self.opt_state, meta)
+        saved = self.checkpoints.save(self.params_version, self.params, self.opt_state, meta)
+        self.saves[step] = saved
+        self.record_timing(step, "checkpoint", saved.blocking_s)
+
+    def wait_for_checkpoints(self) -> None:
+        """Block until the last checkpoint save has committed."""
+        self.checkpoints.wait()
 
     def _restore_latest(self) -> None:
         latest = self.checkpoints.latest()
@@ -236,7 +254,7 @@ class TrainSession(RunPlan):
         metrics = self.apply_update(batch, step)
         tokens = float(batch["attn_mask_bt"].sum()) * self.cfg.train.ppo_epochs * self.num_processes
         metrics["update_tokens_per_s"] = tokens / max(time.perf_counter() - started, 1e-9)
-        return metrics
+        return {**metrics, **phases.padding_stats(batch, self.cfg.rollout.max_new_tokens)}
 
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy (gsm8k_correct) on the first eval.num_prompts held-out prompts."""
@@ -250,6 +268,16 @@ class TrainSession(RunPlan):
     def record_timing(self, step: int, phase: str, seconds: float) -> None:
         """Compute seconds of phases that actually ran (cache hits record nothing)."""
         self.timings.setdefault(step, {})[phase] = seconds
+
+
+def compilation_cache_dir(cfg: RunConfig, run_dir: Path) -> str:
+    """train.compilation_cache_dir, or the run directory's own xla-cache folder."""
+    return cfg.train.compilation_cache_dir or str(run_dir.absolute() / "xla-cache")
+
+
+def _checkpoint_fault(label: int) -> None:
+    """Fault point "checkpoint:<step>": a save's files are written, its commit is not."""
+    maybe_inject_fault("checkpoint", label - 1)
 
 
 def make_trainer(cfg: RunConfig, model_cfg, mesh, grad_accum_steps: int) -> Trainer:

@@ -107,6 +107,13 @@ def train_command(config: str, overrides: list[str], job_command: tuple[str, ...
     return [*prefix, VENV_PYTHON, *job_command, "--config", f"repo/{config}", *sets, "--run-dir", RUN_DIR]
 
 
+def job_overrides(overrides: list[str], compilation_cache_dir: str | None) -> list[str]:
+    """The training job's --set overrides: the run's, plus a persistent compilation cache when
+    one is given (a fresh VM's run directory starts with an empty one)."""
+    cache = [f"train.compilation_cache_dir={compilation_cache_dir}"] if compilation_cache_dir else []
+    return [*overrides, *cache]
+
+
 def launch_command(train_argv: list[str]) -> list[str]:
     """Start `train_argv` in the background with run/pid, run/train.log and run/exit_code."""
     return ["bash", "-c", LAUNCH_SH, "launch", *train_argv]

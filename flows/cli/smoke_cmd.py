@@ -58,7 +58,7 @@ def smoke(args: argparse.Namespace) -> int:
         from tpu.plan import smoke_plan
 
         checkout = resolve_checkout(repo, args.commit, args.provider)
-        train_argv = scripts.train_command(config, args.overrides)
+        train_argv = scripts.train_command(config, scripts.job_overrides(args.overrides, args.compilation_cache_dir))
         print("\n".join(smoke_plan(args.provider, tpu, checkout, train_argv, tpu.project or "$GOOGLE_CLOUD_PROJECT")))
         return 0
     from flows.smoke import smoke_flow
@@ -66,7 +66,8 @@ def smoke(args: argparse.Namespace) -> int:
 
     try:
         result = smoke_flow(provider=args.provider, config=config, overrides=args.overrides, tpu=tpu, commit=args.commit,
-                            timeouts=timeouts, preflight=not args.no_preflight, source_repo=str(repo))
+                            timeouts=timeouts, preflight=not args.no_preflight, source_repo=str(repo),
+                            compilation_cache_dir=args.compilation_cache_dir)
     except SmokeFailed as exc:
         print(f"error: {exc}")
         return 1
@@ -98,4 +99,7 @@ def register(subparsers) -> None:
     parser.add_argument("--repo", default=None, help="repository to test (default: this checkout)")
     parser.add_argument("--job-timeout", type=float, default=None, help="seconds the training job may run")
     parser.add_argument("--no-preflight", action="store_true", help="skip the memory preflight")
+    parser.add_argument("--compilation-cache-dir", default=None, metavar="DIR",
+                        help="persistent compilation cache of the training job (a gs:// path for gcp, a folder for "
+                             "local); default: the VM's run directory, empty on a fresh VM")
     parser.set_defaults(handler=smoke)

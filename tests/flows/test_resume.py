@@ -2,8 +2,10 @@
 
 The rerun must finish, reuse the killed step's earlier-phase artifacts unchanged (same
 sha256) and end with the same params (summary.json params_sha256) as an uninterrupted
-run with the same seed. Also an external kill -9, and the replay path of a checkpoint
-interval > 1 (cached advantage artifacts replayed through `update`).
+run with the same seed. Also a SIGKILL while a checkpoint is written in the background
+(its update finished and cached, its checkpoint not committed), an external kill -9, and
+the replay path of a checkpoint interval > 1 (cached advantage artifacts replayed through
+`update`).
 """
 import json
 import os
@@ -95,6 +97,22 @@ def test_sigkill_in_each_phase_of_a_middle_step_resumes_to_the_same_params(phase
     after = artifact_shas(run_dir, 1)
     assert {name: after[name] for name in before} == before  # reused unchanged, not resampled
     assert params_sha(run_dir) == expected
+
+
+def test_sigkill_while_a_checkpoint_is_written_in_the_background_resumes_to_the_same_params(baseline, tmp_path):
+    config, expected = baseline
+    run_dir = tmp_path / "run"
+    killed = train(config, run_dir, fault="checkpoint:1:kill")  # step 1's checkpoint written, not committed
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    assert set(artifact_shas(run_dir, 1)) == {f"{phase}.parquet" for phase in PHASES[:3]} | {"update.json"}
+    names = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    assert "1" in names and "2" not in names and any(n.startswith("2.") and "tmp" in n for n in names), names
+    resumed = train(config, run_dir)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    step1 = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1]
+    assert "time_rollout" not in step1 and "time_update" in step1  # its update replayed from checkpoint 1
+    assert params_sha(run_dir) == expected
+    assert sorted(int(n) for n in (p.name for p in (run_dir / "checkpoints").iterdir()) if n.isdigit()) == [2, 3]
 
 
 def test_external_kill_minus_9_then_resume(baseline, tmp_path):

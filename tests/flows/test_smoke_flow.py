@@ -32,7 +32,7 @@ def artifact(key="tpu-smoke-v6e-8") -> str:
 def test_local_smoke_passes_and_deletes_the_vm(prefect_harness, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     sha = make_repo(tmp_path / "src")
-    state = smoke(tmp_path)
+    state = smoke(tmp_path, compilation_cache_dir=str(tmp_path / "xla-cache"))
     assert state.is_completed(), state.message
     result = state.result()
     assert result["commit"] == sha and result["steps"] == 3 and result["zone"] == "local"
@@ -43,6 +43,8 @@ def test_local_smoke_passes_and_deletes_the_vm(prefect_harness, tmp_path, monkey
     assert list((tmp_path / "vms").iterdir()) == []
     logs = list((tmp_path / "results").rglob("train.log"))
     assert len(logs) == 2 and all("wandb_key=present" in p.read_text() for p in logs)
+    # every worker's job keeps its compiled programs in the persistent folder
+    assert all(f"train.compilation_cache_dir={tmp_path / 'xla-cache'}" in p.read_text() for p in logs)
     metrics = next((tmp_path / "results").rglob("metrics.jsonl")).read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3]
     assert grep_tree(tmp_path, SECRET) == [] and SECRET not in report and SECRET not in repr(result)
@@ -86,3 +88,18 @@ def test_gcp_smoke_historical_zones_preempted_mid_run(prefect_harness, tmp_path,
     assert [argv[-1] for argv, stdin in ssh.calls if stdin] == [argv[-1] for argv in argvs if "wandb_api_key &&" in argv[-1]]
     assert all(SECRET not in " ".join(argv) for argv in argvs)
     assert "| monitor | failed |" in artifact() and "europe-west4-a" in artifact()
+
+
+def test_smoke_and_nightly_deployments_take_a_compilation_cache_their_flows_know():
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load(Path("deployments/prefect.yaml").read_text())
+    for deployment in (d for d in spec["deployments"] if d["name"] in ("smoke-v6e8", "nightly-validation")):
+        path, name = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        assert "compilation_cache_dir" in deployment["parameters"]
+        assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from grpo_core.errors import UserError
+from grpo_core.sampling import prompt_slots
 from tasks.session import RunLock
 from train_helpers import read_wandb_history, tiny_config
 
@@ -65,6 +66,32 @@ def test_metrics_summary_and_curve(finished_run):
     stored = json.loads((run_dir / "summary.json").read_text())
     assert stored["params_sha256"] == summary["params_sha256"] and len(summary["params_sha256"]) == 64
     assert (run_dir / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoint_times_compile_counts_and_padding_are_reported(finished_run):
+    _, run_dir, summary = finished_run
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:  # every step saved (checkpoint.every_steps=1); each write's own time is known by the end
+        assert 0 <= line["checkpoint_wait_previous_s"] <= line["time_checkpoint"] <= line["step_seconds"]
+        assert line["checkpoint_write_s"] > 0
+        rollout = pq.read_table(run_dir / "steps" / f"step-{line['step']:06d}" / "rollout.parquet")
+        prompts, completions = (np.asarray(rollout.column(c)) for c in ("prompt_length", "completion_length"))
+        width = prompt_slots(int(prompts.max()))
+        assert line["pad_prompt_ratio"] == pytest.approx(width * len(prompts) / prompts.sum() - 1)
+        real = prompts.sum() + completions.sum()
+        assert line["pad_update_ratio"] == pytest.approx((width + 6) * len(prompts) / real - 1)
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
+    assert summary["checkpoints"]["saves"] == 2 and summary["checkpoints"]["write_s_mean"] > 0
+    # Step 0 compiles the sampler and the train step; step 1 has the same shapes and compiles
+    # neither (its eval compiles the greedy sampler).
+    assert lines[0]["compiles_rollout"] >= 1 and lines[0]["compiles_update"] >= 1 and lines[0]["compile_s_update"] > 0
+    assert "compiles_rollout" not in lines[1] and "compiles_update" not in lines[1] and lines[1]["compiles_eval"] >= 1
+    assert summary["compiles"]["update"]["programs"]["jit(train_step)"] == 1
+    assert summary["compiles"]["rollout"]["programs"]["jit(_generate_impl)"] == 1
+    assert summary["compiles"]["eval"]["programs"]["jit(_generate_impl)"] == 1
+    assert summary["time_to_first_step_s"] > 0
+    assert summary["pad_update_ratio_mean"] == pytest.approx(np.mean([l["pad_update_ratio"] for l in lines]))
+    assert (run_dir / "xla-cache").is_dir()  # train.compilation_cache_dir's default
 
 
 def test_rerun_of_a_finished_run_computes_and_loads_nothing(finished_run, monkeypatch, caplog):

@@ -45,3 +45,20 @@ def test_fault_switch_parsing():
     assert parse_fault("update:2:kill") == ("update", 2, "kill")
     with pytest.raises(SystemExit, match="GRPO_FAULT_INJECT"):
         parse_fault("update:two:kill")
+
+
+def test_cache_folder_and_checkpoint_mode_may_change_on_resume_without_new_cache_keys(tmp_path):
+    from types import SimpleNamespace
+
+    from flows.train import _phase_inputs
+    from grpo_core.errors import UserError
+    from schemas.loading import config_to_yaml
+    from tasks.session import _check_same_run
+
+    first = tiny_config()
+    (tmp_path / "config.yaml").write_text(config_to_yaml(first))
+    moved = tiny_config("train.compilation_cache_dir=gs://bucket/xla", "checkpoint.asynchronous=false")
+    _check_same_run(tmp_path, moved)
+    assert _phase_inputs(SimpleNamespace(cfg=moved)) == _phase_inputs(SimpleNamespace(cfg=first))
+    with pytest.raises(UserError, match="sections train differ"):
+        _check_same_run(tmp_path, tiny_config("train.seed=1"))

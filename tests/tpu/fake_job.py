@@ -39,6 +39,7 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"config={args.config} wandb_key={'present' if os.environ.get('WANDB_API_KEY') else 'absent'}", flush=True)
+    print(f"overrides={' '.join(args.overrides) or 'none'}", flush=True)
     with open(run_dir / "metrics.jsonl", "w") as metrics:
         for step in range(1, steps + 1):
             for phase in ("rollout", "reward", "advantage", "update"):

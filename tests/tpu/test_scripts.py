@@ -39,6 +39,8 @@ def test_remote_commands_golden():
         "env", "A=1", "B=2", "venv/bin/python", "-m", "flows.cli.main", "train",
         "--config", "repo/configs/smoke_v6e8.yaml", "--set", "train.steps=3", "--run-dir", "run/train",
     ]
+    assert scripts.job_overrides(["train.steps=3"], None) == ["train.steps=3"]
+    assert scripts.job_overrides(["train.steps=3"], "gs://b/xla") == ["train.steps=3", "train.compilation_cache_dir=gs://b/xla"]
     launch = scripts.launch_command(["venv/bin/python", "x.py"])
     assert launch[:2] == ["bash", "-c"] and launch[3:] == ["launch", "venv/bin/python", "x.py"]
     assert scripts.write_secret_command() == ["bash", "-c", scripts.WRITE_SECRET_SH]
