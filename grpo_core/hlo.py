@@ -1,0 +1,165 @@
+"""What one iteration of a compiled while loop does, read from XLA's optimized HLO text.
+
+`compiled.cost_analysis()` counts a loop body once, whatever its trip count, so it cannot
+say what a decode step costs: the decode loop's body holds the layer scan (another while
+loop, L iterations). Here the optimized module (`compiled.as_text()`, or an
+`--xla_dump_to` after_optimizations file) is walked from one loop's body down through
+every computation it calls, nested loops multiplied by their known trip counts, to add up
+per device:
+
+- collective bytes: what the device moves over the interconnect per ring-style
+  collective of a group of n devices: all-gather (n-1)/n of its result, reduce-scatter
+  and all-to-all (n-1)/n of the operand, all-reduce 2(n-1)/n of the operand,
+  collective-permute the operand;
+- dot FLOPs: 2 x result elements x contracted elements, per dot and convolution-free
+  matmul (what a TPU's MXU does; elementwise work is not counted).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+_HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_OP = re.compile(r"\s([a-z][\w\-]*)\((.*)$")
+_CALLS = re.compile(r"\b(?:calls|to_apply|body|condition)=%?([\w.\-]+)|\bbranch_computations=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+@dataclasses.dataclass
+class LoopCost:
+    """Per device, one iteration of a loop: collective bytes by kind, their op count, dot FLOPs."""
+
+    collective_bytes: dict[str, float]
+    collective_ops: dict[str, int]
+    flops: float
+
+    @property
+    def total_collective_bytes(self) -> float:
+        return sum(self.collective_bytes.values())
+
+
+def _shapes(text: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(d, tuple(int(x) for x in dims.split(",") if x)) for d, dims in _SHAPE.findall(text)]
+
+
+def _bytes(shapes) -> int:
+    return sum(_DTYPE_BYTES[d] * math.prod(dims) for d, dims in shapes)
+
+
+def computations(hlo: str) -> dict[str, list[str]]:
+    """Computation name -> its instruction lines (the ENTRY computation is also under "ENTRY")."""
+    out, current = {}, None
+    for line in hlo.splitlines():
+        header = _HEADER.match(line)
+        if header and not line.startswith(" "):
+            current = out.setdefault(header[1], [])
+            if line.startswith("ENTRY"):
+                out["ENTRY"] = current
+        elif line.startswith("}"):
+            current = None
+        elif current is not None and _INSTR.match(line):
+            current.append(line)
+    return out
+
+
+def _group_size(line: str) -> int:
+    """Devices per replica group, in any of XLA's three spellings: [groups,size]<=[n],
+    {{0,1},{2,3}}, or mesh['axis_0'=4,'axis_1'=2] {'axis_0'} (the named axes' product)."""
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
+    if iota:
+        return int(iota[2])
+    explicit = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
+    if explicit:
+        return len(explicit[1].split(","))
+    named = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    if named:
+        sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", named[1])}
+        return math.prod(sizes[a] for a in re.findall(r"'([^']+)'", named[2]))
+    return 1
+
+
+def _collective_bytes(kind: str, line: str, result, operands) -> float:
+    n = _group_size(line)
+    if kind == "collective-permute":
+        return _bytes(operands)
+    share = (n - 1) / n if n > 1 else 0.0
+    if kind == "all-gather":  # an async start's result holds (operand, result): the largest is the gathered one
+        return share * max(_bytes([s]) for s in result)
+    return share * _bytes(operands) * (2 if kind == "all-reduce" else 1)
+
+
+def _dot_flops(line: str, result, operands) -> float:
+    lhs = operands[0][1] if operands else ()
+    contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", line)
+    contracted = math.prod(lhs[int(i)] for i in contracting[1].split(",") if i) if contracting else 1
+    return 2.0 * math.prod(result[0][1]) * contracted if result else 0.0
+
+
+def loop_cost(hlo: str, body: str, comps: dict | None = None) -> LoopCost:
+    """Collective bytes and dot FLOPs of one iteration of the loop whose body is `body`."""
+    comps = computations(hlo) if comps is None else comps
+    cost = LoopCost({}, {}, 0.0)
+    _walk(comps, body, 1.0, cost, set())
+    return cost
+
+
+def _walk(comps, name: str, times: float, cost: LoopCost, stack: set) -> None:
+    if name in stack or name not in comps:
+        return
+    stack = stack | {name}
+    shape_of = {}
+    for line in comps[name]:
+        target, rhs = _INSTR.match(line).groups()
+        op = _OP.search(" " + rhs)
+        if op is None:
+            continue
+        kind, rest = op[1], op[2]
+        result = _shapes(rhs[: op.start()])
+        shape_of[target] = result
+        # Operands are printed with their shapes by some XLA versions, as bare names by others.
+        args = rest.split("),")[0] if _SHAPE.search(rest.split("),")[0]) else rest.split(")")[0]
+        operands = _shapes(args) or [s for n in re.findall(r"%([\w.\-]+)", args) for s in shape_of.get(n, [])]
+        base = kind.removesuffix("-start")
+        if base in COLLECTIVES and not kind.endswith("-done"):
+            cost.collective_bytes[base] = cost.collective_bytes.get(base, 0.0) + times * _collective_bytes(
+                base, line, result, operands)
+            cost.collective_ops[base] = cost.collective_ops.get(base, 0) + int(times)
+        elif kind == "dot":
+            cost.flops += times * _dot_flops(line, result, operands)
+        if kind.endswith(("-done", "-update")):
+            continue  # an async pair's second half names the same computation as its start
+        trips = _TRIP.search(line)
+        inner = times * (int(trips[1]) if kind == "while" and trips else 1)
+        for single, branches in _CALLS.findall(line):
+            for callee in [single] if single else re.findall(r"%?([\w.\-]+)", branches):
+                _walk(comps, callee, inner, cost, stack)
+
+
+def while_loops(hlo: str, comps: dict | None = None) -> list[tuple[str, int | None]]:
+    """(body computation, known trip count or None) of every while loop in the module."""
+    comps = computations(hlo) if comps is None else comps
+    loops = []
+    for lines in comps.values():
+        for line in lines:
+            if re.search(r"\swhile\(", line):
+                body = re.search(r"body=%?([\w.\-]+)", line)
+                trips = _TRIP.search(line)
+                loops.append((body[1], int(trips[1]) if trips else None))
+    return list(dict.fromkeys(loops))
+
+
+def decode_loop_cost(hlo: str) -> LoopCost:
+    """One decode step of the sampler: the outermost while loop without a known trip count
+    (it stops when every row has ended), nested loops (the layer scan) multiplied in."""
+    comps = computations(hlo)
+    loops = [body for body, trips in while_loops(hlo, comps) if trips is None]
+    if not loops:
+        raise ValueError("no while loop with an unknown trip count (the decode loop) in this module")
+    # The outermost: the one whose body reaches the most others.
+    return max((loop_cost(hlo, body, comps) for body in loops), key=lambda c: c.flops)
