@@ -436,7 +436,7 @@ def choose_weights_layout(w: Workload, capacity_bytes: int, local_devices: int, 
         if layout == "tp" and tp_size(w.model, local_devices) == 1:
             continue
         g = with_weights_layout(w, layout, local_devices)
-        rollout = (prefill_components(g), decode_components(g))
-        if max(sum(p.values()) for p in rollout) * (1.0 + overhead) <= capacity_bytes:
+        rollout = MemoryEstimate({"prefill": prefill_components(g), "decode": decode_components(g)}, overhead)
+        if rollout.peak_bytes <= capacity_bytes:
             return layout
     return "fsdp"
