@@ -40,7 +40,7 @@ RATES = {
 MLLM_JAX = {"rollout_s": 9.5, "step_s": "12.1-12.9"}
 
 
-def measure(config: str, slice_name: str, layout: str) -> dict:
+def measure(config: str, slice_name: str, layout: str, hlo_dir: str = "") -> dict:
     """Compile one cell's rollout and read its per-step costs (runs in the child process)."""
     import jax.numpy as jnp
 
@@ -71,6 +71,9 @@ def measure(config: str, slice_name: str, layout: str) -> dict:
                               top_p=r.top_p, top_k=r.top_k, n=r.n).compile()
     seconds = time.perf_counter() - started
     text = compiled.as_text()
+    if hlo_dir:  # the optimized module, to read the collectives by hand
+        Path(hlo_dir).mkdir(parents=True, exist_ok=True)
+        (Path(hlo_dir) / f"{Path(config).stem}.{slice_name}.{layout}.hlo.txt").write_text(text)
     decode, program = hlo.decode_loop_cost(text), hlo.loop_cost(text, "ENTRY")  # program: prefill + one step
     memory = aot.ProgramMemory.of(compiled, resident)
     tp, itemsize = gen.shape["tp"], dtype.itemsize
@@ -121,14 +124,14 @@ def _capacity(slice_name: str) -> int:
     return get_accelerator(slice_name).capacity_bytes
 
 
-def run(configs, slices, layouts, jsonl: Path) -> None:
+def run(configs, slices, layouts, jsonl: Path, hlo_dir: str = "") -> None:
     """Compile the cells not yet in `jsonl`, one child process each (a fresh libtpu keeps host memory flat)."""
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["config"], r["slice"], r["layout"]) for r in _read(jsonl)}
     for cell in ((c, s, l) for s in slices for c in configs for l in layouts):
         if cell in done:
             continue
-        out = subprocess.run([sys.executable, "-m", "benchmarks.tpu_roofline", "child", *cell],
+        out = subprocess.run([sys.executable, "-m", "benchmarks.tpu_roofline", "child", *cell, hlo_dir],
                              capture_output=True, text=True)
         if out.returncode:
             print(f"{cell}: child failed\n{out.stderr[-3000:]}", file=sys.stderr)
@@ -171,11 +174,12 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", default="v6e-8,v5e-8,v6e-16")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--jsonl", type=Path, default=DEFAULT_JSONL)
+    parser.add_argument("--hlo-dir", default="", help="run: also keep each program's optimized HLO text here")
     args = parser.parse_args(argv)
     if args.mode == "child":
         print(json.dumps(measure(*args.cell)))
     elif args.mode == "run":
-        run(args.config or CONFIGS, args.slices.split(","), args.layouts.split(","), args.jsonl)
+        run(args.config or CONFIGS, args.slices.split(","), args.layouts.split(","), args.jsonl, args.hlo_dir)
     else:
         report(args.jsonl)
     return 0

@@ -5,14 +5,14 @@ say what a decode step costs: the decode loop's body holds the layer scan (anoth
 loop, L iterations). Here the optimized module (`compiled.as_text()`, or an
 `--xla_dump_to` after_optimizations file) is walked from one loop's body down through
 every computation it calls, nested loops multiplied by their known trip counts, to add up
-per device:
+per device (a loop's trip count: see `_trip_count`):
 
 - collective bytes: what the device moves over the interconnect per ring-style
   collective of a group of n devices: all-gather (n-1)/n of its result, reduce-scatter
   and all-to-all (n-1)/n of the operand, all-reduce 2(n-1)/n of the operand,
   collective-permute the operand;
-- dot FLOPs: 2 x result elements x contracted elements, per dot and convolution-free
-  matmul (what a TPU's MXU does; elementwise work is not counted).
+- matmul FLOPs: 2 x result elements x contracted elements, per dot, and per convolution
+  (how XLA:TPU writes its matmuls); elementwise work is not counted.
 """
 from __future__ import annotations
 
@@ -101,6 +101,26 @@ def _dot_flops(line: str, result, operands) -> float:
     return 2.0 * math.prod(result[0][1]) * contracted if result else 0.0
 
 
+def _conv_flops(line: str, result, operands) -> float:
+    """2 x output elements x the input features x, per window dimension, the input elements a
+    window really covers. XLA:TPU writes batched matmuls as convolutions whose windows run
+    over padding or dilation holes (e.g. heads as a spatial dim of size 1 padded to a window
+    of 16): only min(window, input size, window / lhs dilation) of it is real input."""
+    labels = re.search(r"dim_labels=(\w+)_\w+->", line)
+    if not labels or len(operands) < 2 or not result or len(operands[0][1]) != len(labels[1]):
+        return 0.0
+    lhs, names = operands[0][1], labels[1]
+    groups = re.search(r"feature_group_count=(\d+)", line)
+    features = lhs[names.index("f")] // (int(groups[1]) if groups else 1)
+    spatial = [lhs[i] for i, c in enumerate(names) if c.isdigit()]
+    window = re.search(r"window=\{size=([0-9x]+)", line)
+    sizes = [int(x) for x in window[1].split("x")] if window else [1] * len(spatial)
+    dilate = re.search(r"lhs_dilate=([0-9x]+)", line)
+    dilations = [int(x) for x in dilate[1].split("x")] if dilate else [1] * len(spatial)
+    covered = math.prod(min(k, n, -(-k // d)) for k, n, d in zip(sizes, spatial, dilations))
+    return 2.0 * math.prod(result[0][1]) * features * covered
+
+
 def loop_cost(hlo: str, body: str, comps: dict | None = None) -> LoopCost:
     """Collective bytes and dot FLOPs of one iteration of the loop whose body is `body`."""
     comps = computations(hlo) if comps is None else comps
@@ -132,13 +152,36 @@ def _walk(comps, name: str, times: float, cost: LoopCost, stack: set) -> None:
             cost.collective_ops[base] = cost.collective_ops.get(base, 0) + int(times)
         elif kind == "dot":
             cost.flops += times * _dot_flops(line, result, operands)
+        elif kind == "convolution":  # XLA:TPU writes its matmuls as convolutions
+            cost.flops += times * _conv_flops(line, result, operands)
         if kind.endswith(("-done", "-update")):
             continue  # an async pair's second half names the same computation as its start
-        trips = _TRIP.search(line)
-        inner = times * (int(trips[1]) if kind == "while" and trips else 1)
+        trips = _trip_count(comps, line) if kind == "while" else None
+        inner = times * (trips or 1)
         for single, branches in _CALLS.findall(line):
             for callee in [single] if single else re.findall(r"%?([\w.\-]+)", branches):
                 _walk(comps, callee, inner, cost, stack)
+
+
+def _trip_count(comps, line: str) -> int | None:
+    """A while loop's trip count: XLA's known_trip_count when it printed one (XLA:CPU does),
+    else a condition that is just `counter < constant` (XLA:TPU's scans; the counter
+    starts at 0), else None (a data-dependent loop such as the decode loop)."""
+    known = _TRIP.search(line)
+    if known:
+        return int(known[1])
+    condition = re.search(r"condition=%?([\w.\-]+)", line)
+    lines = comps.get(condition[1], []) if condition else []
+    root = next((l for l in lines if l.lstrip().startswith("ROOT")), "")
+    compare = re.search(r"compare\(%?([\w.\-]+), %?([\w.\-]+)\), direction=LT", root)
+    if compare is None:
+        return None
+    for l in lines:
+        target, rhs = _INSTR.match(l).groups()
+        constant = re.search(r"constant\((\d+)\)", rhs)
+        if target == compare[2] and constant:
+            return int(constant[1])
+    return None
 
 
 def while_loops(hlo: str, comps: dict | None = None) -> list[tuple[str, int | None]]:
@@ -149,8 +192,7 @@ def while_loops(hlo: str, comps: dict | None = None) -> list[tuple[str, int | No
         for line in lines:
             if re.search(r"\swhile\(", line):
                 body = re.search(r"body=%?([\w.\-]+)", line)
-                trips = _TRIP.search(line)
-                loops.append((body[1], int(trips[1]) if trips else None))
+                loops.append((body[1], _trip_count(comps, line)))
     return list(dict.fromkeys(loops))
 
 
