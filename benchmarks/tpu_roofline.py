@@ -14,7 +14,7 @@ steps (every row running to the limit).
 
     python -m benchmarks.tpu_roofline run [--config FILE ...] [--slices v6e-8,v5e-8,v6e-16]
         [--layouts fsdp,replicated,tp] [--jsonl FILE]     one child process per cell
-    python -m benchmarks.tpu_roofline report [--jsonl FILE]  the markdown table for RESULTS.md
+    python -m benchmarks.tpu_roofline report [--jsonl FILE] [--hlo-dir DIR]  the markdown table
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def measure(config: str, slice_name: str, layout: str, hlo_dir: str = "") -> dic
 
     from flows.compile_check import require_libtpu, slice_devices, use_compile_only_tpu
     from flows.preflight import resolve_model_config
-    from grpo_core import aot, hlo
+    from grpo_core import aot
     from grpo_core.layouts import generation_mesh
     from grpo_core.memory import get_accelerator
     from grpo_core.models.model import Model
@@ -73,8 +73,7 @@ def measure(config: str, slice_name: str, layout: str, hlo_dir: str = "") -> dic
     text = compiled.as_text()
     if hlo_dir:  # the optimized module, to read the collectives by hand
         Path(hlo_dir).mkdir(parents=True, exist_ok=True)
-        (Path(hlo_dir) / f"{Path(config).stem}.{slice_name}.{layout}.hlo.txt").write_text(text)
-    decode, program = hlo.decode_loop_cost(text), hlo.loop_cost(text, "ENTRY")  # program: prefill + one step
+        _hlo_path(hlo_dir, config, slice_name, layout).write_text(text)
     memory = aot.ProgramMemory.of(compiled, resident)
     tp, itemsize = gen.shape["tp"], dtype.itemsize
     rows = sampler_rows(derived.prompts_global_per_step, gen) // batch_shards(gen) * r.n
@@ -87,12 +86,23 @@ def measure(config: str, slice_name: str, layout: str, hlo_dir: str = "") -> dic
         "weights_read_per_device": _weights_per_device(m, tp, itemsize),
         "kv_cache_per_device": 2 * m.num_hidden_layers * rows * slots * kv_heads * m.head_dim * itemsize,
         "rows_per_device": rows, "max_new_tokens": r.max_new_tokens,
-        "decode_collective_bytes": decode.collective_bytes, "decode_collective_ops": decode.collective_ops,
-        "decode_flops": decode.flops,
-        "prefill_collective_bytes": program.total_collective_bytes - decode.total_collective_bytes,
-        "prefill_flops": program.flops - decode.flops,
-        "xla_bytes": memory.total, "xla": vars(memory),
+        **hlo_fields(text), "xla_bytes": memory.total, "xla": vars(memory),
     }
+
+
+def hlo_fields(text: str) -> dict:
+    """Per decode step and for the prefill (the rest of the program): ICI bytes and FLOPs per chip."""
+    from grpo_core import hlo
+
+    decode, program = hlo.decode_loop_cost(text), hlo.loop_cost(text, "ENTRY")  # program: prefill + one step
+    return {"decode_collective_bytes": decode.collective_bytes, "decode_collective_ops": decode.collective_ops,
+            "decode_flops": decode.flops,
+            "prefill_collective_bytes": program.total_collective_bytes - decode.total_collective_bytes,
+            "prefill_flops": program.flops - decode.flops}
+
+
+def _hlo_path(hlo_dir, config: str, slice_name: str, layout: str) -> Path:
+    return Path(hlo_dir) / f"{Path(config).stem}.{slice_name}.{layout}.hlo.txt"
 
 
 def _weights_per_device(m, tp: int, itemsize: int) -> int:
@@ -150,13 +160,17 @@ def _read(jsonl: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def report(jsonl: Path) -> None:
+def report(jsonl: Path, hlo_dir: str = "") -> None:
+    """The table; with `hlo_dir`, the HLO figures are read again from the kept programs."""
     gib = 1024**3
     print("| model | slice | layout | gen. mesh dp x tp | ICI GB / decode step (% of weights) | HBM GB / step | "
           "GFLOP / step | predicted step ms (bound) | predicted rollout s | XLA rollout GiB (+ resident) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = _read(jsonl)
     for row in rows:
+        kept = _hlo_path(hlo_dir, row["config"], row["slice"], row["layout"]) if hlo_dir else None
+        if kept is not None and kept.is_file():
+            row.update(hlo_fields(kept.read_text()))
         p, g = predict(row), row["generation_mesh"]
         print(f"| {row['model'].split('/')[-1]} | {row['slice']} | {row['layout']} | {g['dp'] * g['fsdp']} x {g['tp']} | "
               f"{p['ici_bytes_per_step'] / 1e9:.3f} ({p['ici_share_of_weights']:.1%}) | {p['hbm_bytes_per_step'] / 1e9:.2f} | "
@@ -174,14 +188,15 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", default="v6e-8,v5e-8,v6e-16")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--jsonl", type=Path, default=DEFAULT_JSONL)
-    parser.add_argument("--hlo-dir", default="", help="run: also keep each program's optimized HLO text here")
+    parser.add_argument("--hlo-dir", default="", help="run: also keep each program's optimized HLO text here; "
+                                                      "report: read the HLO figures again from there")
     args = parser.parse_args(argv)
     if args.mode == "child":
         print(json.dumps(measure(*args.cell)))
     elif args.mode == "run":
         run(args.config or CONFIGS, args.slices.split(","), args.layouts.split(","), args.jsonl, args.hlo_dir)
     else:
-        report(args.jsonl)
+        report(args.jsonl, args.hlo_dir)
     return 0
 
 

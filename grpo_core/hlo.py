@@ -10,7 +10,8 @@ per device (a loop's trip count: see `_trip_count`):
 - collective bytes: what the device moves over the interconnect per ring-style
   collective of a group of n devices: all-gather (n-1)/n of its result, reduce-scatter
   and all-to-all (n-1)/n of the operand, all-reduce 2(n-1)/n of the operand,
-  collective-permute the operand;
+  collective-permute the operand; a collective counted once per iteration even when XLA
+  splits it over several fusions (they share its channel id);
 - matmul FLOPs: 2 x result elements x contracted elements, per dot, and per convolution
   (how XLA:TPU writes its matmuls); elementwise work is not counted.
 """
@@ -38,6 +39,7 @@ class LoopCost:
     collective_bytes: dict[str, float]
     collective_ops: dict[str, int]
     flops: float
+    channels: set = dataclasses.field(default_factory=set, repr=False)  # collectives counted (by channel id)
 
     @property
     def total_collective_bytes(self) -> float:
@@ -146,7 +148,12 @@ def _walk(comps, name: str, times: float, cost: LoopCost, stack: set) -> None:
         args = rest.split("),")[0] if _SHAPE.search(rest.split("),")[0]) else rest.split(")")[0]
         operands = _shapes(args) or [s for n in re.findall(r"%([\w.\-]+)", args) for s in shape_of.get(n, [])]
         base = kind.removesuffix("-start")
-        if base in COLLECTIVES and not kind.endswith("-done"):
+        channel = re.search(r"channel_id=(\d+)", line)
+        if base in COLLECTIVES and channel and channel[1] in cost.channels:
+            pass  # one collective split over several fusions (XLA:TPU's async collective fusion on v5e)
+        elif base in COLLECTIVES and not kind.endswith("-done"):
+            if channel:
+                cost.channels.add(channel[1])
             cost.collective_bytes[base] = cost.collective_bytes.get(base, 0.0) + times * _collective_bytes(
                 base, line, result, operands)
             cost.collective_ops[base] = cost.collective_ops.get(base, 0) + int(times)

@@ -117,7 +117,23 @@ HLO = """HloModule m
   ROOT %r = f32[4,8]{1,0} all-reduce(f32[4,8]{1,0} %h), channel_id=2, replica_groups={{0,1},{2,3}}, to_apply=%add
 }
 
+%tpu_cond (p: (s32[], f32[4,8])) -> pred[] {
+  %p = (s32[], f32[4,8]{1,0}) parameter(0)
+  %limit = s32[] constant(5)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %limit), direction=LT
+}
+
+%tpu_body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %p = (s32[], f32[4,8]{1,0}) parameter(0)
+  %h = f32[4,8]{1,0} parameter(1)
+  %k = f32[8,1,16]{2,1,0} parameter(2)
+  %c = f32[4,16,16]{2,1,0} convolution(f32[4,8,1]{2,1,0} %x, f32[8,1,16]{2,1,0} %k), window={size=16 pad=15_15 rhs_reversal=1}, dim_labels=bf0_i0o->b0f
+  ROOT %g = f32[4,8]{1,0} all-gather(f32[4,1]{1,0} %h), replica_groups=[2,4]<=[8], dimensions={1}
+}
+
 ENTRY %main (a: f32[4,8]) -> f32[4,8] {
+  %tpu_loop = (s32[], f32[4,8]{1,0}) while((s32[], f32[4,8]{1,0}) %a), condition=%tpu_cond, body=%tpu_body
   %a = f32[4,8]{1,0} parameter(0)
   ROOT %w = (s32[], f32[4,8]{1,0}) while((s32[], f32[4,8]{1,0}) %t), condition=%cond2, body=%outer_body
 }
@@ -125,6 +141,11 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
 
 
 def test_loop_cost_multiplies_nested_loops_by_their_trip_counts():
+    # XLA:TPU prints no known_trip_count: `counter < 5` in the condition says it.
+    assert sorted(hlo.while_loops(HLO), key=str) == [("inner_body", 3), ("outer_body", None), ("tpu_body", 5)]
+    tpu = hlo.loop_cost(HLO, "tpu_body")
+    assert tpu.collective_bytes == {"all-gather": 4 * 8 * 4 * 3 / 4}
+    assert tpu.flops == 2 * (4 * 16 * 16) * 8  # the window covers one real input element of 16
     cost = hlo.decode_loop_cost(HLO)
     assert cost.collective_ops == {"all-gather": 3, "all-reduce": 1}
     assert cost.collective_bytes["all-gather"] == pytest.approx(3 * 8 * 8 * 4 * 7 / 8)
