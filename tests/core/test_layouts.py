@@ -129,7 +129,8 @@ HLO = """HloModule m
   %h = f32[4,8]{1,0} parameter(1)
   %k = f32[8,1,16]{2,1,0} parameter(2)
   %c = f32[4,16,16]{2,1,0} convolution(f32[4,8,1]{2,1,0} %x, f32[8,1,16]{2,1,0} %k), window={size=16 pad=15_15 rhs_reversal=1}, dim_labels=bf0_i0o->b0f
-  ROOT %g = f32[4,8]{1,0} all-gather(f32[4,1]{1,0} %h), replica_groups=[2,4]<=[8], dimensions={1}
+  %g0 = f32[4,8]{1,0} all-gather(f32[4,1]{1,0} %h), channel_id=9, replica_groups=[2,4]<=[8], dimensions={1}
+  ROOT %g = f32[4,8]{1,0} all-gather(f32[4,1]{1,0} %h), channel_id=9, replica_groups=[2,4]<=[8], dimensions={1}
 }
 
 ENTRY %main (a: f32[4,8]) -> f32[4,8] {
@@ -143,7 +144,7 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
 def test_loop_cost_multiplies_nested_loops_by_their_trip_counts():
     # XLA:TPU prints no known_trip_count: `counter < 5` in the condition says it.
     assert sorted(hlo.while_loops(HLO), key=str) == [("inner_body", 3), ("outer_body", None), ("tpu_body", 5)]
-    tpu = hlo.loop_cost(HLO, "tpu_body")
+    tpu = hlo.loop_cost(HLO, "tpu_body")  # one collective (channel 9) split over two ops counts once
     assert tpu.collective_bytes == {"all-gather": 4 * 8 * 4 * 3 / 4}
     assert tpu.flops == 2 * (4 * 16 * 16) * 8  # the window covers one real input element of 16
     cost = hlo.decode_loop_cost(HLO)
