@@ -163,7 +163,7 @@ def _read(jsonl: Path) -> list[dict]:
 def report(jsonl: Path, hlo_dir: str = "") -> None:
     """The table; with `hlo_dir`, the HLO figures are read again from the kept programs."""
     gib = 1024**3
-    print("| model | slice | layout | gen. mesh dp x tp | ICI GB / decode step (% of weights) | HBM GB / step | "
+    print("| model | slice | layout | sampler mesh dp/fsdp/tp | ICI GB / decode step (% of weights) | HBM GB / step | "
           "GFLOP / step | predicted step ms (bound) | predicted rollout s | XLA rollout GiB (+ resident) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = _read(jsonl)
@@ -172,7 +172,7 @@ def report(jsonl: Path, hlo_dir: str = "") -> None:
         if kept is not None and kept.is_file():
             row.update(hlo_fields(kept.read_text()))
         p, g = predict(row), row["generation_mesh"]
-        print(f"| {row['model'].split('/')[-1]} | {row['slice']} | {row['layout']} | {g['dp'] * g['fsdp']} x {g['tp']} | "
+        print(f"| {row['model'].split('/')[-1]} | {row['slice']} | {row['layout']} | {g['dp']}/{g['fsdp']}/{g['tp']} | "
               f"{p['ici_bytes_per_step'] / 1e9:.3f} ({p['ici_share_of_weights']:.1%}) | {p['hbm_bytes_per_step'] / 1e9:.2f} | "
               f"{row['decode_flops'] / 1e9:.1f} | {p['step_ms']:.2f} ({p['bound']}) | {p['rollout_s']:.2f} | "
               f"{row['xla_bytes'] / gib:.2f}{'' if p['fits'] else ' (does not fit)'} |")

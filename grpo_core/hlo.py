@@ -72,14 +72,14 @@ def computations(hlo: str) -> dict[str, list[str]]:
 
 def _group_size(line: str) -> int:
     """Devices per replica group, in any of XLA's three spellings: [groups,size]<=[n],
-    {{0,1},{2,3}}, or mesh['axis_0'=4,'axis_1'=2] {'axis_0'} (the named axes' product)."""
+    {{0,1},{2,3}}, or mesh['axis_0'=4,'axis_1'=2][, device_ids=..] {'axis_0'} (the named axes' product)."""
     iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", line)
     if iota:
         return int(iota[2])
     explicit = re.search(r"replica_groups=\{\{([0-9,]*)\}", line)
     if explicit:
         return len(explicit[1].split(","))
-    named = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    named = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", line)  # device_ids=(..) may sit between
     if named:
         sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", named[1])}
         return math.prod(sizes[a] for a in re.findall(r"'([^']+)'", named[2]))

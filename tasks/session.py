@@ -69,7 +69,8 @@ class RunLock:
 
 
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    """A run directory holds one run: only train.steps, eval, logging and mesh may change on resume."""
+    """A run directory holds one run: only train.steps, rollout.weights_layout, eval, logging and mesh may
+    change on resume."""
     saved = run_dir / "config.yaml"
     mutable = {"train": {"steps"}, "rollout": {"weights_layout"}, "logging": None, "eval": None, "mesh": None}
     if saved.exists():

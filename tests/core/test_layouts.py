@@ -114,6 +114,7 @@ HLO = """HloModule m
 %outer_body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
   %p = (s32[], f32[4,8]{1,0}) parameter(0)
   %loop = (s32[], f32[4,8]{1,0}) while((s32[], f32[4,8]{1,0}) %p), condition=%cond, body=%inner_body, backend_config={"known_trip_count":{"n":"3"}}
+  %r0 = f32[4,8]{1,0} all-reduce(f32[4,8]{1,0} %h), channel_id=3, replica_groups=mesh['axis_0'=4,'axis_1'=4], device_ids=([4,4]T(1,0)) {'axis_0'}, to_apply=%add
   ROOT %r = f32[4,8]{1,0} all-reduce(f32[4,8]{1,0} %h), channel_id=2, replica_groups={{0,1},{2,3}}, to_apply=%add
 }
 
@@ -148,7 +149,7 @@ def test_loop_cost_multiplies_nested_loops_by_their_trip_counts():
     assert tpu.collective_bytes == {"all-gather": 4 * 8 * 4 * 3 / 4}
     assert tpu.flops == 2 * (4 * 16 * 16) * 8  # the window covers one real input element of 16
     cost = hlo.decode_loop_cost(HLO)
-    assert cost.collective_ops == {"all-gather": 3, "all-reduce": 1}
+    assert cost.collective_ops == {"all-gather": 3, "all-reduce": 2}
     assert cost.collective_bytes["all-gather"] == pytest.approx(3 * 8 * 8 * 4 * 7 / 8)
-    assert cost.collective_bytes["all-reduce"] == pytest.approx(2 * 4 * 8 * 4 * 1 / 2)
+    assert cost.collective_bytes["all-reduce"] == pytest.approx(2 * 4 * 8 * 4 * (1 / 2 + 3 / 4))
     assert cost.flops == 3 * 2 * 4 * 8 * 8
