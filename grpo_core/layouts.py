@@ -3,7 +3,7 @@
 Training keeps the params split over "fsdp" (grpo_core.sharding). A decode step reads
 every weight once per generated token, so with the training layout XLA all-gathers each
 layer's weights inside the decode loop, every token, and the whole [V, D] embedding for
-the logits too: for Qwen2.5-3B on a v6e-8 that is ~6 GB over ICI per token step, several
+the logits too: for Qwen2.5-3B on a v6e-8 that is 5.4 GB over ICI per token step, three
 times what reading the weights from HBM costs (benchmarks/tpu_roofline.py). Samplers that
 share devices with a trainer (vLLM-TPU, JetStream, verl, tunix) reshard the weights for
 generation instead; so do we, once per rollout, never per token.
