@@ -101,8 +101,9 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
     use_compile_only_tpu()
     import jax.numpy as jnp
 
-    from flows.preflight import resolve_model_config
+    from flows.preflight import build_workload, resolve_model_config
     from grpo_core import aot
+    from grpo_core.layouts import generation_mesh
     from grpo_core.models.model import Model
     from grpo_core.phases import update_width
     from grpo_core.sampling import lower_generate
@@ -117,16 +118,20 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
     trainer = make_trainer(cfg, model_cfg, mesh, derived.grad_accum_steps)
     opt_state = trainer.abstract_opt_state(params)
     ref = params if cfg.loss.beta > 0 else None
-    r, model = cfg.rollout, Model(model_cfg, params)
     resident = aot.resident_bytes(opt_state) + (aot.resident_bytes(ref) if ref is not None else 0)
+    # The samplers run on the generation layout's mesh, with the training params resident beside them.
+    gen_mesh = generation_mesh(mesh, build_workload(cfg, acc)[0].weights_layout, model_cfg, acc.chips // acc.hosts)
+    if gen_mesh is not mesh:
+        resident += aot.resident_bytes(params)
+    r, model = cfg.rollout, Model(model_cfg, aot.abstract_params(model_cfg, jnp.dtype(cfg.model.dtype), gen_mesh))
     programs = {
         "rollout": lambda: lower_generate(
-            model, derived.prompts_global_per_step, r.max_prompt_tokens, mesh, max_new_tokens=r.max_new_tokens,
+            model, derived.prompts_global_per_step, r.max_prompt_tokens, gen_mesh, max_new_tokens=r.max_new_tokens,
             temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, n=r.n),
         "update": lambda: trainer.lower(params, opt_state, aot.abstract_update_batch(
             derived.sequences_global_per_step, update_width(r.max_prompt_tokens, r.max_new_tokens), mesh), ref),
         "eval": lambda: lower_generate(
-            model, cfg.eval.num_prompts, r.max_prompt_tokens, mesh,
+            model, cfg.eval.num_prompts, r.max_prompt_tokens, gen_mesh,
             max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens, temperature=0.0, top_p=r.top_p,
             top_k=r.top_k, n=1),
     }
@@ -178,7 +183,7 @@ def summary(report, compiled: dict | None) -> dict:
             phases[phase]["xla_error"] = result.error.strip().splitlines()[0][:500]
     fits = report.fits if compiled is None else not does_not_fit(compiled, report.capacity_bytes)
     return {"verdict": "fits" if fits else "does_not_fit", "source": "estimate" if compiled is None else "xla",
-            "accelerator": report.accelerator.name, "phases": phases}
+            "accelerator": report.accelerator.name, "weights_layout": report.workload.weights_layout, "phases": phases}
 
 
 def does_not_fit(compiled: dict, capacity: int) -> list[str]:

@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 
 from grpo_core.errors import UserError
-from grpo_core.memory import GIB, Accelerator, MemoryEstimate, Workload, estimate_memory, get_accelerator
+from grpo_core.memory import (
+    GIB, Accelerator, MemoryEstimate, Workload, choose_weights_layout, estimate_memory, get_accelerator,
+    with_weights_layout,
+)
 from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
 from schemas.run import DerivedBatch, RunConfig
@@ -94,7 +97,17 @@ def build_workload(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, 
         mesh=tuple(mesh_sizes(cfg, accelerator).items()),
         tpu=accelerator.kind == "tpu",
     )
-    return workload, derived
+    local = accelerator.chips // accelerator.hosts
+    return with_weights_layout(workload, weights_layout(cfg, workload, accelerator.capacity_bytes, local), local), derived
+
+
+def weights_layout(cfg: RunConfig, workload: Workload, capacity_bytes: int | None, local_devices: int) -> str:
+    """rollout.weights_layout resolved: "auto" is the estimate's choice for devices of
+    `capacity_bytes` (None, a device that reports no limit, e.g. CPU: the training layout)."""
+    layout = cfg.rollout.weights_layout
+    if layout != "auto":
+        return layout
+    return "fsdp" if capacity_bytes is None else choose_weights_layout(workload, capacity_bytes, local_devices)
 
 
 def estimate_config(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, DerivedBatch, MemoryEstimate]:
@@ -187,7 +200,7 @@ def format_report(report: PreflightReport) -> str:
     mesh = " ".join(f"{k}={v}" for k, v in w.mesh)
     lines = [
         f"preflight: {report.config.model.name_or_path} on {acc.name} ({acc.chips} chips x {acc.hbm_gib:g} GiB, "
-        f"{acc.hosts} host(s)); mesh {mesh}",
+        f"{acc.hosts} host(s)); mesh {mesh}; rollout weights {w.weights_layout}",
         f"per device: rollout {w.sampler_prompts_per_device} prompts x n={w.group_size} (prompt slots "
         f"{w.prompt_slots} + {w.new_tokens} new); update {d.sequences_per_device} sequences of "
         f"{w.update_tokens} tokens in micro-batches of {d.micro_batch_size} x {d.grad_accum_steps}; "

@@ -37,7 +37,9 @@ def _phase_inputs(session) -> dict:
     """The config each phase reads, hashed into its cache key."""
     cfg = session.cfg
     return {
-        "rollout": config_digest(cfg.model, cfg.rollout, cfg.data, cfg.train.seed),
+        # The weights layout changes where the sampler runs, not what it samples.
+        "rollout": config_digest(cfg.model, cfg.rollout.model_dump(mode="json", exclude={"weights_layout"}), cfg.data,
+                                 cfg.train.seed),
         "reward": config_digest(cfg.rewards),
         "advantage": config_digest(cfg.advantage, cfg.rollout.n),
         # where compiled programs are cached changes no result (and may change on resume)

@@ -59,6 +59,11 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
    heads are not padded, and XLA's buffer assignment holds head_dim-64 caches at their raw
    size too; params take their raw size (Qwen2.5 0.5B-7B on v6e-8: XLA's argument bytes
    equal the raw shard sizes). The estimate is the same on TPU, GPU and CPU.
+10. Generation layout (rollout.weights_layout, grpo_core.layouts): with "replicated" or
+   "tp" the sampler runs on another mesh over the same devices, with its own copy of the
+   weights ("generation weights": all of them, or their tp share) beside the resident
+   training state; the KV cache, prefill activations and sampler buffers are split as on
+   that mesh, and no weights are gathered. With "fsdp" the rollout estimate is the one above.
 """
 from __future__ import annotations
 
@@ -67,6 +72,7 @@ import math
 from types import SimpleNamespace
 
 from grpo_core.errors import UserError
+from grpo_core.layouts import generation_mesh_shape, tp_size
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import param_logical_axes, param_shapes
 from grpo_core.sampling import bucket, prompt_slots as sampler_prompt_slots
@@ -177,10 +183,20 @@ class Workload:
     reference: bool = False
     mesh: tuple[tuple[str, int], ...] = (("dp", 1), ("fsdp", 1), ("tp", 1))
     tpu: bool = False  # the parts calibrated on XLA:TPU's buffer assignment (logits, accumulator)
+    # The sampler's mesh when the weights are resharded for generation (grpo_core.layouts:
+    # "replicated" or "tp"); None = the training layout ("fsdp"), the training mesh.
+    generation_mesh: tuple[tuple[str, int], ...] | None = None
 
     @property
     def mesh_sizes(self) -> dict[str, int]:
         return dict(self.mesh)
+
+    @property
+    def weights_layout(self) -> str:
+        """The sampler's weights layout: "fsdp" (training mesh), "tp" or "replicated"."""
+        if self.generation_mesh is None:
+            return "fsdp"
+        return "tp" if dict(self.generation_mesh)["tp"] > 1 else "replicated"
 
     @property
     def tp(self) -> int:
@@ -315,18 +331,31 @@ def _kv_cache(w: Workload, rows: int, length: int) -> int:
     return 2 * m.num_hidden_layers * rows * kv_heads * length * m.head_dim * w.param_bytes
 
 
+def _sampler_view(w: Workload) -> Workload:
+    """The workload as the sampler sees it: on the generation mesh when there is one."""
+    return w if w.generation_mesh is None else dataclasses.replace(w, mesh=w.generation_mesh, generation_mesh=None)
+
+
 def _rollout_base(w: Workload) -> dict[str, int]:
-    seqs = w.sampler_prompts_per_device * w.group_size
     parts = _resident(w)
-    parts["gathered weights"] = _gathered_weights(w, layers=1)
-    parts["kv cache"] = _kv_cache(w, seqs, w.prompt_slots + w.new_tokens)
+    g = _sampler_view(w)
+    if g is not w:
+        # The resharded copy lives beside the training params (which stay resident). Its
+        # mesh has fsdp = 1: the decode loop gathers no weights (tp splits them instead).
+        parts["generation weights"] = param_bytes_per_device(g, w.param_bytes)
+        parts["gathered weights"] = 0
+    else:
+        parts["gathered weights"] = _gathered_weights(w, layers=1)
+    seqs = g.sampler_prompts_per_device * w.group_size
+    parts["kv cache"] = _kv_cache(g, seqs, w.prompt_slots + w.new_tokens)
     return parts
 
 
 def prefill_components(w: Workload) -> dict[str, int]:
     """Bytes per device while the sampler prefills the prompts (assumption 7)."""
-    m, pb, prompts, slots = w.model, w.param_bytes, w.sampler_prompts_per_device, w.prompt_slots
     parts = _rollout_base(w)
+    w = _sampler_view(w)
+    m, pb, prompts, slots = w.model, w.param_bytes, w.sampler_prompts_per_device, w.prompt_slots
     parts["prompt cache"] = _kv_cache(w, prompts, slots)
     parts["repeated prompt cache"] = _kv_cache(w, prompts * w.group_size, slots)
     # One layer's forward over the prompts, beyond the caches: the residual stream and the
@@ -340,9 +369,10 @@ def prefill_components(w: Workload) -> dict[str, int]:
 
 def decode_components(w: Workload) -> dict[str, int]:
     """Bytes per device during a decode step: the cache plus per-step logits and outputs."""
+    parts = _rollout_base(w)
+    w = _sampler_view(w)
     seqs = w.sampler_prompts_per_device * w.group_size
     vocab = w.model.vocab_size // math.gcd(w.model.vocab_size, w.tp)
-    parts = _rollout_base(w)
     parts["sampler buffers"] = DECODE_LOGIT_COPIES * seqs * vocab * 4 + seqs * w.new_tokens * 8
     return parts
 
@@ -395,3 +425,24 @@ def estimate_memory(w: Workload, overhead: float = 0.10) -> MemoryEstimate:
         raise UserError(f"optimizer {w.optimizer!r} has no memory model; use one of {sorted(OPTIMIZER_MOMENTS)}")
     phases = {"prefill": prefill_components(w), "decode": decode_components(w), "update": update_components(w)}
     return MemoryEstimate(phases, overhead)
+
+
+def with_weights_layout(w: Workload, layout: str, local_devices: int) -> Workload:
+    """`w` with the sampler on `layout`'s generation mesh (grpo_core.layouts); "fsdp" leaves it as is."""
+    shape = generation_mesh_shape(layout, w.mesh_sizes, w.model, local_devices)
+    same = all(w.mesh_sizes.get(a, 1) == n for a, n in shape.items())  # e.g. one device: nothing to reshard
+    return dataclasses.replace(w, generation_mesh=None if same else tuple(shape.items()))
+
+
+def choose_weights_layout(w: Workload, capacity_bytes: int, local_devices: int, overhead: float = 0.10) -> str:
+    """rollout.weights_layout=auto: "replicated" when the rollout fits with every device holding
+    all the weights beside the resident training state and the KV cache, else "tp" when tp
+    applies to the model and fits, else "fsdp" (the training layout)."""
+    for layout in ("replicated", "tp"):
+        if layout == "tp" and tp_size(w.model, local_devices) == 1:
+            continue
+        g = with_weights_layout(w, layout, local_devices)
+        rollout = MemoryEstimate({"prefill": prefill_components(g), "decode": decode_components(g)}, overhead)
+        if rollout.peak_bytes <= capacity_bytes:
+            return layout
+    return "fsdp"

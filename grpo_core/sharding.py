@@ -56,7 +56,9 @@ def make_mesh(shape: dict[str, int] | None = None, devices=None) -> Mesh:
     if devices[0].platform == "cpu":  # no topology: the plain order (what mesh_utils gives too)
         grid = np.asarray(devices).reshape(sizes)
     else:  # topology-aware device order on TPU/GPU (keeps tp neighbours close)
-        grid = mesh_utils.create_device_mesh(sizes, devices)
+        # Splitting a physical axis is only tried when no whole-axis assignment exists (e.g.
+        # a generation mesh dp=8 x tp=2 on v6e-16's 4x4 chips, grpo_core.layouts).
+        grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
     return Mesh(grid, MESH_AXES)
 
 

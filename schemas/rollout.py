@@ -1,4 +1,6 @@
 """`rollout:` section. Batch semantics are GLOBAL: see DESIGN.md "Batch semantics"."""
+from typing import Literal
+
 from pydantic import Field
 
 from schemas.base import Section
@@ -18,4 +20,13 @@ class RolloutSection(Section):
         False,
         description="When the batch does not divide across processes/devices, pad it up (and log "
         "the padded numbers) instead of failing.",
+    )
+    weights_layout: Literal["auto", "replicated", "tp", "fsdp"] = Field(
+        "auto",
+        description="Where the sampler's copy of the weights lives during rollout (resharded once per step, "
+        "never per token): 'replicated' = every device holds all the weights (no weight traffic between "
+        "devices in the decode loop); 'tp' = heads, MLP and vocabulary split over the devices of a host "
+        "(activations all-reduced per layer); 'fsdp' = the training layout (weights all-gathered per layer "
+        "per token); 'auto' = replicated when it fits beside the training state and the KV cache, else tp, "
+        "else fsdp (fsdp on devices that report no memory limit, e.g. CPU).",
     )

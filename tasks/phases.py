@@ -56,7 +56,7 @@ def rollout(phase_input: PhaseInput) -> PhaseManifest:
     _require_params(session, phase_input)
     with compiles.in_phase("rollout"):
         table = session.rollout(phase_input.step)
-    return _finish(phase_input, session, table, phases.rollout_stats(table), started)
+    return _finish(phase_input, session, table, phases.rollout_stats(table) | session.reshard_stats, started)
 
 
 @task(name="reward", task_run_name="reward-{phase_input.step}")

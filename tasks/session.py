@@ -21,6 +21,8 @@ from grpo_core.artifacts import atomic_write_bytes
 from grpo_core.checkpoint import Checkpoints, SaveTimes
 from grpo_core.data import make_prompt_stream
 from grpo_core.errors import UserError
+from grpo_core.layouts import bytes_per_device, generation_mesh, to_generation_layout
+from grpo_core.memory import Accelerator
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
 from grpo_core.sharding import make_mesh
@@ -69,10 +71,11 @@ class RunLock:
 
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     """A run directory holds one run: only train.steps, where compilations are cached, whether
-    checkpoints are written in the background, eval, logging and mesh may change on resume."""
+    checkpoints are written in the background, rollout.weights_layout, eval, logging and mesh
+    may change on resume."""
     saved = run_dir / "config.yaml"
-    mutable = {"train": {"steps", "compilation_cache_dir"}, "checkpoint": {"asynchronous"}, "logging": None,
-               "eval": None, "mesh": None}
+    mutable = {"train": {"steps", "compilation_cache_dir"}, "checkpoint": {"asynchronous"},
+               "rollout": {"weights_layout"}, "logging": None, "eval": None, "mesh": None}
     if saved.exists():
         old = RunConfig.model_validate(read_yaml(saved)).model_dump(mode="json")
         new = cfg.model_dump(mode="json")
@@ -148,6 +151,9 @@ class TrainSession(RunPlan):
         self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
         self.checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                        asynchronous=cfg.checkpoint.asynchronous, before_commit=_checkpoint_fault)
+        self.weights_layout = resolve_weights_layout(cfg, self.mesh)
+        self.generation_mesh = generation_mesh(self.mesh, self.weights_layout, self.model_cfg, jax.local_device_count())
+        self.reshard_stats: dict[str, float] = {}
         self.params_version = 0
         self.timings: dict[int, dict[str, float]] = {}
         self.saves: dict[int, SaveTimes] = {}  # by training step
@@ -186,6 +192,18 @@ class TrainSession(RunPlan):
     @property
     def policy(self) -> Model:
         return Model(self.model_cfg, self.params, self.tokenizer)
+
+    def generation_policy(self) -> Model:
+        """The policy on the generation mesh (rollout.weights_layout): the params resharded
+        once, here, for a whole rollout; the copy is dropped with the returned Model, so the
+        update never holds it. The reshard's seconds and the copy's bytes per device go to
+        `reshard_stats` (the rollout's manifest stats)."""
+        started = time.perf_counter()
+        params = jax.block_until_ready(to_generation_layout(self.params, self.model_cfg, self.generation_mesh))
+        copy = params is not self.params
+        self.reshard_stats = {"weights_reshard_seconds": time.perf_counter() - started if copy else 0.0,
+                              "generation_weights_gib": bytes_per_device(params) / 2**30 if copy else 0.0}
+        return Model(self.model_cfg, params, self.tokenizer)
 
     def apply_update(self, batch_np: dict, step: int) -> dict[str, float]:
         """One train step on this process's rows; advances params_version. Returns float metrics."""
@@ -239,11 +257,11 @@ class TrainSession(RunPlan):
             return table.slice(self.process_index * share, share)
         r, d = self.cfg.rollout, self.cfg.data
         return phases.rollout_table(
-            self.policy, items, step=step,
+            self.generation_policy(), items, step=step,
             n=1 if greedy else r.n, max_new_tokens=(self.cfg.eval.max_new_tokens or r.max_new_tokens) if greedy
             else r.max_new_tokens, temperature=0.0 if greedy else r.temperature, top_p=r.top_p, top_k=r.top_k,
             seed=self.sample_seed(step), system_prompt=d.system_prompt, chat_template=d.chat_template,
-            max_prompt_tokens=r.max_prompt_tokens, mesh=self.mesh,
+            max_prompt_tokens=r.max_prompt_tokens, mesh=self.generation_mesh,
         )
 
     def update(self, step: int, rollout_table, advantage_table) -> dict[str, float]:
@@ -290,6 +308,21 @@ def make_trainer(cfg: RunConfig, model_cfg, mesh, grad_accum_steps: int) -> Trai
         score_last=cfg.rollout.max_new_tokens,  # phases.update_batch puts completions in the last columns
         group_size=cfg.rollout.n,  # rollout rows are group-contiguous: prompts run once per group
     )
+
+
+def resolve_weights_layout(cfg: RunConfig, mesh) -> str:
+    """rollout.weights_layout for this machine: "auto" is the memory estimate's choice for
+    these devices' memory limit (the training layout where devices report none, e.g. CPU).
+    Every process sees the same limit, so all of them choose the same layout."""
+    device = jax.local_devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    if cfg.rollout.weights_layout != "auto" or limit is None:
+        return "fsdp" if cfg.rollout.weights_layout == "auto" else cfg.rollout.weights_layout
+    from flows.preflight import build_workload  # RunConfig -> the estimate's Workload, as `grpo preflight` builds it
+
+    here = Accelerator("this machine", "tpu" if device.platform == "tpu" else "gpu", mesh.size, jax.process_count(),
+                       limit / 2**30)
+    return build_workload(cfg, here)[0].weights_layout
 
 
 def mesh_shape(cfg: RunConfig, num_processes: int, local_devices: int) -> dict | None:

@@ -97,3 +97,41 @@ def test_estimate_within_30_percent_of_measured_rss_on_cpu():
     assert len(rows) == 6
     for row in rows:
         assert 0.7 <= row["ratio"] <= 1.3, row
+
+
+def test_generation_layouts_in_the_rollout_estimate():
+    from grpo_core.memory import choose_weights_layout, with_weights_layout
+
+    m = dataclasses.replace(PRESETS["tiny-qwen2"], vocab_size=264, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=16)
+    fsdp8 = workload(model=m, mesh=(("dp", 1), ("fsdp", 8), ("tp", 1)))
+    same = with_weights_layout(fsdp8, "fsdp", 8)
+    assert same.weights_layout == "fsdp" and estimate_memory(same) == estimate_memory(fsdp8)  # unchanged
+    replicated = with_weights_layout(fsdp8, "replicated", 8)
+    tp = with_weights_layout(fsdp8, "tp", 8)
+    assert (replicated.weights_layout, tp.weights_layout) == ("replicated", "tp")
+    for phase in (prefill_components, decode_components):
+        base, rep, split = phase(fsdp8), phase(replicated), phase(tp)
+        # The whole model beside the resident (still fsdp-split) training state, no gathers.
+        assert rep["generation weights"] == m.num_params * 4 and rep["gathered weights"] == 0
+        assert rep["params"] == base["params"] and rep["optimizer state"] == base["optimizer state"]
+        assert rep["kv cache"] == base["kv cache"]  # the batch is split 8 ways on both meshes
+        # tp=2: half the heads per device but twice the rows (dp=4): the same cache bytes.
+        assert split["kv cache"] == base["kv cache"] and split["generation weights"] < 0.6 * m.num_params * 4
+    assert with_weights_layout(workload(model=m), "replicated", 1).weights_layout == "fsdp"  # one device: no copy
+    rollout_peak = lambda w: max(estimate_memory(w).total(p) for p in ("prefill", "decode"))
+    assert choose_weights_layout(fsdp8, rollout_peak(replicated), 8) == "replicated"
+    assert choose_weights_layout(fsdp8, rollout_peak(replicated) - 1, 8) == "tp"
+    assert choose_weights_layout(fsdp8, rollout_peak(tp) - 1, 8) == "fsdp"
+
+
+def test_shipped_configs_choose_their_layout_per_slice():
+    from flows.preflight import run_preflight
+    from schemas import load_run_config
+
+    def layout(size, slice_name):
+        cfg = load_run_config(str(ROOT / f"configs/grpo_gsm8k_qwen25_{size}_bs128_steps100.yaml"), [])
+        return run_preflight(cfg, slice_name).workload.weights_layout
+
+    assert layout("3b", "v6e-8") == layout("7b", "v6e-8") == "replicated"
+    assert layout("7b", "v5e-8") == "tp"  # 14 GiB of bf16 weights do not fit twice in 15.25 GiB

@@ -62,3 +62,28 @@ def test_cache_folder_and_checkpoint_mode_may_change_on_resume_without_new_cache
     assert _phase_inputs(SimpleNamespace(cfg=moved)) == _phase_inputs(SimpleNamespace(cfg=first))
     with pytest.raises(UserError, match="sections train differ"):
         _check_same_run(tmp_path, tiny_config("train.seed=1"))
+
+
+def test_rollout_on_a_generation_layout_samples_what_the_training_layout_does(tmp_path):
+    """tiny-llama (6 and 2 heads) on 8 CPU devices: replicated and tp (=2) reshard the
+    params once per rollout, report it, and sample the same completions as fsdp."""
+    tables = {}
+    for layout in ("fsdp", "replicated", "tp"):
+        session = TrainSession.open(tiny_config(f"rollout.weights_layout={layout}"), tmp_path / layout)
+        try:
+            assert session.weights_layout == layout
+            assert dict(session.generation_mesh.shape) == {"fsdp": {"dp": 1, "fsdp": 8, "tp": 1},
+                                                          "replicated": {"dp": 8, "fsdp": 1, "tp": 1},
+                                                          "tp": {"dp": 4, "fsdp": 1, "tp": 2}}[layout]
+            tables[layout] = session.rollout(0).column("completion_ids").to_pylist()
+            copied = session.reshard_stats["generation_weights_gib"]
+            assert (copied > 0) == (layout != "fsdp") and session.reshard_stats["weights_reshard_seconds"] >= 0
+        finally:
+            session.close()
+    assert tables["replicated"] == tables["fsdp"] == tables["tp"]
+
+
+def test_auto_layout_keeps_the_training_layout_on_cpu(session):
+    # CPU devices report no memory limit: auto cannot know what fits, so nothing is copied.
+    assert session.cfg.rollout.weights_layout == "auto" and session.weights_layout == "fsdp"
+    assert session.generation_mesh is session.mesh

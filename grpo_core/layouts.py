@@ -1,0 +1,87 @@
+"""Generation layout of the weights: where the sampler's copy of the params lives.
+
+Training keeps the params split over "fsdp" (grpo_core.sharding). A decode step reads
+every weight once per generated token, so with the training layout XLA all-gathers each
+layer's weights inside the decode loop, every token, and the whole [V, D] embedding for
+the logits too: for Qwen2.5-3B on a v6e-8 that is 5.4 GB over ICI per token step, three
+times what reading the weights from HBM costs (benchmarks/tpu_roofline.py). Samplers that
+share devices with a trainer (vLLM-TPU, JetStream, verl, tunix) reshard the weights for
+generation instead; so do we, once per rollout, never per token.
+
+A generation layout is the same devices arranged as another mesh, with the params placed
+on it by the one rules table (the table is unchanged: "embed" -> fsdp means nothing on a
+mesh whose fsdp axis is 1):
+
+- "replicated": every device holds all the weights; dp = every device, the batch split
+  over all of them. No weight collectives at all.
+- "tp": heads, MLP width and vocabulary split over a tp axis inside a host (tp = the
+  largest divisor of the host's device count that divides both head counts, so the KV
+  cache splits too), dp over the rest: per layer an all-reduce of [B, D] activations
+  instead of a gather of the layer's weights.
+- "fsdp": the training mesh and params as they are.
+
+Which layout fits is the memory estimate's question (`grpo_core.memory.choose_weights_layout`).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.sharding import Mesh
+
+from grpo_core.errors import UserError
+from grpo_core.models.config import ModelConfig
+from grpo_core.models.decoder import param_logical_axes
+from grpo_core.sharding import make_mesh, tree_shardings
+
+LAYOUTS = ("replicated", "tp", "fsdp")
+
+
+def tp_size(cfg: ModelConfig, local_devices: int) -> int:
+    """The largest tp that divides the host's device count and both head counts (1: tp does not apply)."""
+    heads = math.gcd(cfg.num_attention_heads, cfg.num_key_value_heads)
+    return max(t for t in range(1, local_devices + 1) if local_devices % t == 0 and heads % t == 0)
+
+
+def generation_mesh_shape(layout: str, mesh_sizes: dict[str, int], cfg: ModelConfig,
+                          local_devices: int) -> dict[str, int]:
+    """Axis sizes of the generation mesh over the same devices as a mesh of `mesh_sizes`."""
+    devices = math.prod(mesh_sizes.values())
+    if layout == "fsdp":
+        return {"dp": mesh_sizes.get("dp", 1), "fsdp": mesh_sizes.get("fsdp", 1), "tp": mesh_sizes.get("tp", 1)}
+    if layout == "replicated":
+        return {"dp": devices, "fsdp": 1, "tp": 1}
+    if layout == "tp":
+        tp = tp_size(cfg, local_devices)
+        if tp == 1:
+            raise UserError(
+                f"rollout.weights_layout=tp: no tp > 1 divides both the {cfg.num_attention_heads} query heads and "
+                f"the {cfg.num_key_value_heads} kv heads and the host's {local_devices} devices; use "
+                "rollout.weights_layout=replicated or fsdp")
+        return {"dp": devices // tp, "fsdp": 1, "tp": tp}
+    raise UserError(f"rollout.weights_layout={layout!r} is not a layout; use one of {', '.join(LAYOUTS)} or auto")
+
+
+def generation_mesh(mesh: Mesh, layout: str, cfg: ModelConfig, local_devices: int) -> Mesh:
+    """The generation mesh over `mesh`'s devices (`mesh` itself when the shape is the same)."""
+    shape = generation_mesh_shape(layout, dict(mesh.shape), cfg, local_devices)
+    if all(mesh.shape[a] == shape[a] for a in shape):
+        return mesh
+    return make_mesh(shape, list(mesh.devices.flat))
+
+
+def to_generation_layout(params, cfg: ModelConfig, mesh: Mesh):
+    """`params` placed on `mesh` by the rules table: one reshard (XLA's all-gathers), not per token.
+
+    The training params stay where they are; the result is a second copy (replicated: the
+    whole model on every device) that the caller drops after the rollout.
+    """
+    shardings = tree_shardings(param_logical_axes(cfg), params, mesh)
+    if all(getattr(x, "sharding", None) == s for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings))):
+        return params
+    return jax.device_put(params, shardings)
+
+
+def bytes_per_device(tree) -> int:
+    """Bytes one device holds of a tree of jax Arrays (its first addressable shard of each leaf)."""
+    return sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
