@@ -1,7 +1,17 @@
 """`rollout:` section. Batch semantics are GLOBAL: see DESIGN.md "Batch semantics"."""
 from pydantic import Field
 
-from schemas.base import Section
+from schemas.base import NEW_OPTION, Section
+
+
+class DynamicSamplingSection(Section):
+    """DAPO's dynamic sampling: groups whose rewards are all equal carry no signal."""
+
+    enabled: bool = Field(False, description="Drop groups whose rewards are all equal and sample "
+                          "fresh prompts until batch_size groups with reward spread are collected.")
+    max_rounds: int = Field(3, ge=1, le=64, description="Sampling rounds per step at most (the first "
+                            "included); each step reserves max_rounds x batch_size prompts of the stream. "
+                            "When the cap is hit the batch is filled with dropped groups.")
 
 
 class RolloutSection(Section):
@@ -18,4 +28,8 @@ class RolloutSection(Section):
         False,
         description="When the batch does not divide across processes/devices, pad it up (and log "
         "the padded numbers) instead of failing.",
+    )
+    dynamic_sampling: DynamicSamplingSection = Field(
+        default_factory=DynamicSamplingSection, description="DAPO dynamic sampling.",
+        json_schema_extra=NEW_OPTION,
     )
