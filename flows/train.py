@@ -36,9 +36,12 @@ logger = logging.getLogger("grpo_flows.train")
 def _phase_inputs(session) -> dict:
     """The config each phase reads, hashed into its cache key."""
     cfg = session.cfg
+    # Options that are off add nothing, so older runs keep their keys.
+    overlong = [cfg.overlong_penalty, cfg.rollout.max_new_tokens] if cfg.overlong_penalty else []
+    selection = [cfg.rewards, *overlong] if cfg.rollout.dynamic_sampling.enabled else []  # DS picks groups by reward
     return {
-        "rollout": config_digest(cfg.model, cfg.rollout, cfg.data, cfg.train.seed),
-        "reward": config_digest(cfg.rewards),
+        "rollout": config_digest(cfg.model, cfg.rollout, cfg.data, cfg.train.seed, *selection),
+        "reward": config_digest(cfg.rewards, *overlong),
         "advantage": config_digest(cfg.advantage, cfg.rollout.n),
         "update": config_digest(cfg.loss, cfg.train, cfg.model.remat),
         "eval": config_digest(cfg.model, cfg.eval, cfg.data, cfg.rollout.max_new_tokens),
@@ -84,7 +87,7 @@ def _eval_due(cfg: RunConfig, step: int) -> bool:
 
 
 def _prompt_ids(plan: RunPlan, step: int) -> list[int]:
-    return [int(item["prompt_id"]) for item in plan.items_for_step(step)]
+    return plan.step_prompt_ids(step)
 
 
 def _step_is_cached(plan: RunPlan, step: int, digests: dict) -> bool:
