@@ -246,11 +246,15 @@ class TrainSession(RunPlan):
             tables, totals = [], []
             for round_, items in enumerate(rounds):
                 tables.append(self.rollout(step, items, seed=self.sample_seed(step, round_)))
-                totals.append(np.asarray(self.score(tables[-1])[0].column("reward_total")))
+                rewards, reward_stats = self.score(tables[-1])
+                totals.append(np.asarray(rewards.column("reward_total")))
+                if round_ == 0:  # the policy on fresh prompts, before selection biases the batch
+                    stats.update({f"first_round_{k}": v for k, v in reward_stats.items()})
                 spread = np.ptp(np.concatenate(totals).reshape(-1, self.cfg.rollout.n), axis=1) > 0
                 if spread.sum() >= self.derived.prompts_global_per_step:
                     break
-            table, stats = phases.select_groups(tables, totals, self.cfg.rollout.n, self.derived.prompts_global_per_step)
+            table, selected = phases.select_groups(tables, totals, self.cfg.rollout.n, self.derived.prompts_global_per_step)
+            stats.update(selected)
         share = self.derived.prompts_per_process * self.cfg.rollout.n
         return table.slice(self.process_index * share, share), stats
 
