@@ -16,6 +16,12 @@ Differences the figures do not hide: both stop a group early when every row hits
 so completion lengths differ with the samples (recorded); our update pads prompts to a
 multiple of 64 plus the full 64 completion tokens, TRL pads to the longest row.
 
+Zero-advantage rows: groups whose rewards are all equal have advantage 0 and, with beta
+0, no gradient; our update leaves them out (grpo_core/row_skip.py), TRL runs them. Each
+step records the batch's zero_std_group_fraction and the rows our update ran; our side
+also runs once more with loss.skip_zero_advantage=false (same seeds, so the same first
+batch and nearly the same later ones) for the before/after in the same run.
+
     python -m benchmarks.grpo_step [--steps 4] [--warmup 1]
 """
 from __future__ import annotations
@@ -32,7 +38,7 @@ MODEL = "smollm2-135m-instruct"
 LEARNING_RATE = 1e-6
 
 
-def run_config(steps: int, batch_size: int = 4, n: int = 4, max_new_tokens: int = 64):
+def run_config(steps: int, batch_size: int = 4, n: int = 4, max_new_tokens: int = 64, skip: bool = True):
     """The grpo-flows RunConfig of the comparison (see module doc)."""
     from schemas.loading import build_run_config
 
@@ -41,7 +47,7 @@ def run_config(steps: int, batch_size: int = 4, n: int = 4, max_new_tokens: int 
         "data": {"source": "synthetic", "difficulty": 1},
         "rollout": {"batch_size": batch_size, "n": n, "max_new_tokens": max_new_tokens, "temperature": 1.0},
         "rewards": [{"name": "gsm8k_correct", "weight": 1.0}],
-        "loss": {"beta": 0.0, "agg": "token_mean"},
+        "loss": {"beta": 0.0, "agg": "token_mean", "skip_zero_advantage": skip},
         "train": {"steps": steps, "optimizer": {
             "name": "adamw", "clip_norm": 1.0, "weight_decay": 0.0,
             "lr_schedule": {"type": "constant", "peak_value": LEARNING_RATE, "warmup_steps": 0}}},
@@ -60,21 +66,23 @@ def plain_step(session, step: int) -> dict:
     times["generate"] = time.perf_counter() - start
     rewards, reward_stats = phases.reward_table(rollout, cfg.rewards)
     adv = cfg.advantage
-    advantages, _ = phases.advantage_table(rewards, cfg.rollout.n, adv.estimator, adv.eps, adv.std_ddof, adv.clip)
+    advantages, adv_stats = phases.advantage_table(rewards, cfg.rollout.n, adv.estimator, adv.eps, adv.std_ddof,
+                                                   adv.clip)
     times["rollout"] = time.perf_counter() - start
     metrics = session.update(step, rollout, advantages)
     times["step"] = time.perf_counter() - start
     times["update"] = times["step"] - times["rollout"]
     lengths = np.asarray(rollout.column("completion_length"))
     return {**times, "completion_length_mean": float(lengths.mean()), "reward_mean": reward_stats["reward_mean"],
-            "loss": metrics["loss"]}
+            "loss": metrics["loss"], "zero_std_group_fraction": adv_stats["zero_std_group_fraction"],
+            "rows_run": metrics["rows_run"], "rows_total": metrics["rows_total"]}
 
 
-def run_ours(steps: int, warmup: int, **shape) -> dict:
+def run_ours(steps: int, warmup: int, skip: bool = True, **shape) -> dict:
     """Per-step records and medians of `steps` plain-loop steps in a fresh run directory."""
     from tasks.session import TrainSession
 
-    cfg = run_config(steps, **shape)
+    cfg = run_config(steps, skip=skip, **shape)
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as run_dir:
         session = TrainSession.open(cfg, run_dir)
         try:
@@ -190,12 +198,15 @@ def run(steps: int = 4, warmup: int = 1) -> dict:
     from tasks.models import pull_model
 
     ours = run_ours(steps, warmup)
+    no_skip = run_ours(steps, warmup, skip=False)
     trl = run_trl(pull_model(MODEL), ours, steps, warmup)
     speedup = {k: trl["medians"][k] / ours["medians"][k] for k in ("step", "rollout", "update")}
-    ours.pop("items")
+    speedup_no_skip = {k: trl["medians"][k] / no_skip["medians"][k] for k in ("step", "rollout", "update")}
+    ours.pop("items"), no_skip.pop("items")
     result = {"model": MODEL, "dtype": "float32", "prompts_per_step": 4, "samples_per_prompt": 4,
               "max_new_tokens": 64, "learning_rate": LEARNING_RATE, "steps": steps, "warmup_steps": warmup,
-              "ours": ours, "trl": trl, "speedup": speedup, "goal": "step speedup >= 2x"}
+              "ours": ours, "ours_no_skip": no_skip, "trl": trl, "speedup": speedup,
+              "speedup_no_skip": speedup_no_skip, "goal": "step speedup >= 3x"}
     write_result("grpo_step", result)
     return result
 
@@ -203,13 +214,19 @@ def run(steps: int = 4, warmup: int = 1) -> dict:
 def print_table(result: dict) -> None:
     print(f"\nFull GRPO step, {result['model']} float32 CPU, 4 prompts x 4 samples, <= 64 new tokens "
           f"(median of {result['steps'] - result['warmup_steps']} steps after {result['warmup_steps']} warm-up)")
-    print(f"{'':22}{'step s':>9}{'rollout s':>11}{'update s':>10}{'compl len':>11}")
-    for name in ("ours", "trl"):
+    print(f"{'':26}{'step s':>9}{'rollout s':>11}{'update s':>10}{'compl len':>11}{'zero-std':>10}{'rows run':>10}")
+    names = {"ours": "grpo-flows", "ours_no_skip": "grpo-flows, no skipping", "trl": "TRL GRPOTrainer"}
+    for name, label in names.items():
+        if name not in result:
+            continue
         m = result[name]["medians"]
-        print(f"{'grpo-flows' if name == 'ours' else 'TRL GRPOTrainer':22}{m['step']:>9.2f}{m['rollout']:>11.2f}"
-              f"{m['update']:>10.2f}{m['completion_length_mean']:>11.1f}")
+        extra = (f"{m['zero_std_group_fraction']:>10.2f}{m['rows_run']:>10.0f}" if "rows_run" in m else "")
+        print(f"{label:26}{m['step']:>9.2f}{m['rollout']:>11.2f}{m['update']:>10.2f}"
+              f"{m['completion_length_mean']:>11.1f}{extra}")
     s = result["speedup"]
-    print(f"speedup: step {s['step']:.2f}x (goal >= 2x), rollout {s['rollout']:.2f}x, update {s['update']:.2f}x")
+    print(f"speedup: step {s['step']:.2f}x (goal >= 3x), rollout {s['rollout']:.2f}x, update {s['update']:.2f}x")
+    if "speedup_no_skip" in result:
+        print(f"without skipping zero-advantage rows: step {result['speedup_no_skip']['step']:.2f}x")
 
 
 def main(argv=None) -> dict:

@@ -129,7 +129,8 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
             model, derived.prompts_global_per_step, r.max_prompt_tokens, gen_mesh, max_new_tokens=r.max_new_tokens,
             temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, n=r.n),
         "update": lambda: trainer.lower(params, opt_state, aot.abstract_update_batch(
-            derived.sequences_global_per_step, update_width(r.max_prompt_tokens, r.max_new_tokens), mesh), ref),
+            derived.sequences_global_per_step, update_width(r.max_prompt_tokens, r.max_new_tokens), mesh,
+            sampler_logps=cfg.loss.tis_cap is not None), ref),
         "eval": lambda: lower_generate(
             model, cfg.eval.num_prompts, r.max_prompt_tokens, gen_mesh,
             max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens, temperature=0.0, top_p=r.top_p,

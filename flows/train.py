@@ -26,7 +26,7 @@ from flows.console import run_logs_to_prefect
 from flows.observe import RunObserver
 from schemas.run import RunConfig
 from tasks import phases
-from tasks.cache import PhaseInput, cache_options, cached_manifest, config_digest, drop_if_broken
+from tasks.cache import PhaseInput, cache_options, cached_manifest, config_digest, drop_if_broken, dump_without
 from tasks.multihost import all_processes
 from tasks.session import RunLock, RunPlan, TrainSession, get_session
 
@@ -36,15 +36,17 @@ logger = logging.getLogger("grpo_flows.train")
 def _phase_inputs(session) -> dict:
     """The config each phase reads, hashed into its cache key."""
     cfg = session.cfg
+    # Options that are off add nothing, so older runs keep their keys.
+    overlong = [cfg.overlong_penalty, cfg.rollout.max_new_tokens] if cfg.overlong_penalty else []
+    selection = [cfg.rewards, *overlong] if cfg.rollout.dynamic_sampling.enabled else []  # DS picks groups by reward
     return {
         # The weights layout changes where the sampler runs, not what it samples.
-        "rollout": config_digest(cfg.model, cfg.rollout.model_dump(mode="json", exclude={"weights_layout"}), cfg.data,
-                                 cfg.train.seed),
-        "reward": config_digest(cfg.rewards),
+        "rollout": config_digest(cfg.model, dump_without(cfg.rollout, "weights_layout"), cfg.data, cfg.train.seed,
+                                 *selection),
+        "reward": config_digest(cfg.rewards, *overlong),
         "advantage": config_digest(cfg.advantage, cfg.rollout.n),
         # where compiled programs are cached changes no result (and may change on resume)
-        "update": config_digest(cfg.loss, cfg.train.model_dump(mode="json", exclude={"compilation_cache_dir"}),
-                                cfg.model.remat),
+        "update": config_digest(cfg.loss, dump_without(cfg.train, "compilation_cache_dir"), cfg.model.remat),
         "eval": config_digest(cfg.model, cfg.eval, cfg.data, cfg.rollout.max_new_tokens),
     }
 
@@ -88,7 +90,7 @@ def _eval_due(cfg: RunConfig, step: int) -> bool:
 
 
 def _prompt_ids(plan: RunPlan, step: int) -> list[int]:
-    return [int(item["prompt_id"]) for item in plan.items_for_step(step)]
+    return plan.step_prompt_ids(step)
 
 
 def _step_is_cached(plan: RunPlan, step: int, digests: dict) -> bool:

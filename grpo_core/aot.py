@@ -179,10 +179,13 @@ def abstract_params(cfg: ModelConfig, dtype, mesh):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
-def abstract_update_batch(rows: int, width: int, mesh) -> dict:
-    """The train step's global batch: `rows` sequences of `width` tokens, split over the batch axes."""
+def abstract_update_batch(rows: int, width: int, mesh, sampler_logps: bool = False) -> dict:
+    """The train step's global batch: `rows` sequences of `width` tokens, split over the batch
+    axes (with the rollout's log-probs when truncated importance sampling reads them)."""
     batch = {k: jax.ShapeDtypeStruct((rows, width), jnp.int32, sharding=batch_sharding(mesh, 2))
              for k in _BATCH_INT_KEYS}
+    if sampler_logps:
+        batch["sampler_logps_bt"] = jax.ShapeDtypeStruct((rows, width), jnp.float32, sharding=batch_sharding(mesh, 2))
     batch["advantages_b"] = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=batch_sharding(mesh, 1))
     return batch
 

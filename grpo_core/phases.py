@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from grpo_core.advantages import compute_advantages, group_correctness_stats
 from grpo_core.artifacts import ADVANTAGE_SCHEMA, ROLLOUT_SCHEMA, id_columns, reward_schema
-from grpo_core.rewards import compute_rewards
+from grpo_core.rewards import compute_rewards, overlong_penalty
 from grpo_core.sampling import generate, prompt_slots
 from grpo_core.tokenizer import build_prompt_ids
 
@@ -64,11 +64,19 @@ def rollout_stats(table: pa.Table) -> dict[str, float]:
     }
 
 
-def reward_table(rollout: pa.Table, specs) -> tuple[pa.Table, dict[str, float]]:
-    """Per-function and weighted total rewards for every sequence of the rollout table."""
+def reward_table(rollout: pa.Table, specs, overlong=None, max_new_tokens: int | None = None
+                 ) -> tuple[pa.Table, dict[str, float]]:
+    """Per-function and weighted total rewards for every sequence of the rollout table.
+
+    overlong: (cache_tokens, max_penalty) of DAPO's overlong shaping, added to the total
+    as its own column `reward_overlong_penalty` (needs max_new_tokens); None = off."""
     items = [{"question": q, "answer": f"#### {gt}", "ground_truth": gt}
              for q, gt in zip(rollout.column("question").to_pylist(), rollout.column("ground_truth").to_pylist())]
     total, per_fn = compute_rewards(items, rollout.column("completion_text").to_pylist(), specs)
+    if overlong is not None:
+        per_fn["overlong_penalty"] = overlong_penalty(np.asarray(rollout.column("completion_length")),
+                                                      max_new_tokens, *overlong)
+        total = total + per_fn["overlong_penalty"]
     columns = dict(id_columns(rollout))
     columns.update({f"reward_{name}": values for name, values in per_fn.items()})
     columns["reward_total"] = total
@@ -91,13 +99,35 @@ def advantage_table(rewards: pa.Table, group_size: int, estimator: str, eps: flo
     return pa.Table.from_pydict(columns, schema=ADVANTAGE_SCHEMA), stats
 
 
+def select_groups(tables: Sequence[pa.Table], totals: Sequence[np.ndarray], n: int,
+                  batch_size: int) -> tuple[pa.Table, dict[str, float]]:
+    """DAPO dynamic sampling: `batch_size` groups out of the rounds' rollout tables.
+
+    tables[r] / totals[r]: round r's rows (groups of n contiguous) and their total rewards.
+    Takes the groups with reward spread in sampling order; when there are fewer than
+    batch_size it fills the batch with groups without spread (they get advantage 0),
+    when there are more it keeps the first. group_id is renumbered 0..batch_size-1.
+    """
+    table = pa.concat_tables(tables)
+    rewards_gk = np.concatenate(totals).reshape(-1, n)
+    spread = rewards_gk.max(axis=1) > rewards_gk.min(axis=1)
+    order = np.concatenate([np.flatnonzero(spread), np.flatnonzero(~spread)])[:batch_size]
+    table = table.take(pa.array((order[:, None] * n + np.arange(n)).reshape(-1)))
+    group_ids = pa.array(np.repeat(np.arange(batch_size, dtype=np.int32), n))
+    table = table.set_column(table.schema.get_field_index("group_id"), "group_id", group_ids)
+    filled = max(0, batch_size - int(spread.sum()))
+    return table, {"dynamic_sampling_rounds": float(len(tables)), "groups_sampled": float(spread.size),
+                   "groups_dropped": float(spread.size - batch_size), "groups_filled": float(filled)}
+
+
 def update_width(longest_prompt: int, max_new_tokens: int) -> int:
     """Columns of the train batch (`update_batch`): the sampler's prompt width, then the completion slots."""
     return prompt_slots(longest_prompt) + max_new_tokens
 
 
 def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, pad_id: int,
-                 prompt_width: int | None = None) -> dict[str, np.ndarray]:
+                 prompt_width: int | None = None, mask_truncated: bool = False,
+                 sampler_logps: bool = False) -> dict[str, np.ndarray]:
     """Padded train-step arrays [B, T]: left-padded prompt, then completion, then right padding.
 
     T = `sampling.prompt_slots` of the longest prompt (or of `prompt_width`, the longest over
@@ -105,7 +135,9 @@ def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, p
     compiles the update for as few shapes as the sampler, and completions always fill the
     LAST max_new_tokens columns (the train step scores only those: Trainer(score_last=...)).
     Returns tokens_bt, positions_bt, attn_mask_bt, completion_mask_bt (int32) and
-    advantages_b (float32).
+    advantages_b (float32); with sampler_logps also sampler_logps_bt (float32: the
+    rollout's `old_logps` at their tokens' columns). mask_truncated: completions that hit
+    max_new_tokens (finish_reason "length") get no valid tokens (DAPO's overlong filtering).
     """
     prompts = rollout.column("prompt_ids").to_pylist()
     completions = rollout.column("completion_ids").to_pylist()
@@ -114,14 +146,21 @@ def update_batch(rollout: pa.Table, advantages: pa.Table, max_new_tokens: int, p
     tokens = np.full((len(prompts), total), pad_id, np.int32)
     attn = np.zeros_like(tokens)
     completion_mask = np.zeros_like(tokens)
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+    sampled = np.zeros(tokens.shape, np.float32)
+    old_logps = rollout.column("old_logps").to_pylist() if sampler_logps else [()] * len(prompts)
+    for row, (prompt, completion, logps) in enumerate(zip(prompts, completions, old_logps)):
         start = width - len(prompt)
         end = width + len(completion)
         tokens[row, start:width], tokens[row, width:end] = prompt, completion
         attn[row, start:end] = 1
         completion_mask[row, width:end] = 1
+        sampled[row, width:width + len(logps)] = logps
+    if mask_truncated:
+        truncated = np.asarray(rollout.column("finish_reason").to_pylist()) == "length"
+        completion_mask[truncated] = 0
     positions = np.maximum(np.cumsum(attn, axis=1) - 1, 0).astype(np.int32)
-    return {
+    extra = {"sampler_logps_bt": sampled} if sampler_logps else {}
+    return extra | {
         "tokens_bt": tokens,
         "positions_bt": positions,
         "attn_mask_bt": attn,

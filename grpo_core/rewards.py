@@ -193,3 +193,14 @@ def compute_rewards(
         per_fn[name] = scores
         total += np.float32(weight) * scores
     return total, per_fn
+
+
+def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, cache_tokens: int, max_penalty: float) -> np.ndarray:
+    """DAPO's soft overlong punishment, float32[B] <= 0, for completion lengths [B] in tokens.
+
+    0 up to max_new_tokens - cache_tokens tokens, then falling linearly to -max_penalty at
+    max_new_tokens (and beyond, which the sampler never produces).
+    """
+    free = max_new_tokens - cache_tokens
+    excess = np.clip(np.asarray(lengths, np.float64) - free, 0.0, cache_tokens)
+    return (-max_penalty * excess / cache_tokens).astype(np.float32)

@@ -25,6 +25,15 @@ old_logps: taken from the batch when it holds "old_logps_bt"; otherwise they are
 stop-gradient of the first epoch's own log-probs (no extra forward), and kept for later
 epochs. Reference log-probs (beta > 0): from "ref_logps_bt" in the batch, else one
 forward of `ref_params` per micro-batch in the first epoch, kept likewise.
+"sampler_logps_bt" (the rollout's own log-probs) feed truncated importance sampling
+(loss.tis_cap).
+
+Zero-advantage rows: when exact (beta = 0, no entropy-based token selection),
+`shard_batch` leaves the groups whose advantages are all 0 out (grpo_core/row_skip.py):
+the batch then has fewer rows (a bucketed count) and `row_tokens_b`, the FULL batch's
+valid tokens per row, which the denominator is computed from. The micro-batch size stays;
+a smaller batch runs fewer micro-batches (or one smaller one). Token-mean metrics
+(entropy, clip fractions, ratio) are then over the rows that ran.
 """
 from __future__ import annotations
 
@@ -35,16 +44,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from grpo_core import row_skip
 from grpo_core.loss import loss_denominator, policy_loss
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import KVCache, forward, logits_from_hidden
 from grpo_core.sharding import batch_sharding, batch_shards, constrain, replicated
 
 REQUIRED_KEYS = ("tokens_bt", "positions_bt", "attn_mask_bt", "completion_mask_bt", "advantages_b")
-OPTIONAL_KEYS = ("old_logps_bt", "ref_logps_bt")
+OPTIONAL_KEYS = ("old_logps_bt", "ref_logps_bt", "sampler_logps_bt", "row_tokens_b")
 # policy_loss metrics that are token means; combined over micro-batches weighted by tokens.
 _TOKEN_MEAN_METRICS = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean",
-                       "pg_loss", "kl", "entropy")
+                       "pg_loss", "kl", "entropy", "entropy_selected_frac", "tis_weight_mean")
 
 
 def token_logps(logits_btv, targets_bt, temperature: float, with_entropy: bool = False):
@@ -148,7 +158,8 @@ def _split_micro_batches(batch: dict, micro_batches: int, group_size: int = 1) -
 def _loss_settings(loss_cfg) -> dict:
     """policy_loss keyword arguments from any object with the LossSection attributes."""
     defaults = dict(agg="token_mean", clip_eps_low=0.2, clip_eps_high=0.2, beta=0.0,
-                    clip_ratio_c=None, max_completion_length=None)
+                    clip_ratio_c=None, max_completion_length=None, importance_sampling_level="token",
+                    tis_cap=None, top_entropy_quantile=1.0)
     if loss_cfg is None:
         return defaults
     return {k: getattr(loss_cfg, k, v) for k, v in defaults.items()}
@@ -173,8 +184,12 @@ class Trainer:
             raise ValueError("seq_mean_token_sum_norm needs loss.max_completion_length "
                              "(resolve null to rollout.max_new_tokens before building the Trainer)")
         self.micro_batches, self.ppo_epochs = int(micro_batches), int(ppo_epochs)
-        self.temperature, self.remat, self.with_entropy = temperature, remat, with_entropy
+        self.temperature, self.remat = temperature, remat
+        self.with_entropy = with_entropy or self.loss_kwargs["top_entropy_quantile"] < 1.0
         self.score_last, self.group_size = score_last, int(group_size)
+        # Exact only without a KL term and with every token in the loss (row_skip.py).
+        self.skip_zero_advantage = (getattr(loss_cfg, "skip_zero_advantage", True) and self.loss_kwargs["beta"] == 0
+                                    and self.loss_kwargs["top_entropy_quantile"] == 1.0)
         self._compiled = None
 
     # ---- host-side entry points ------------------------------------------------------
@@ -202,11 +217,25 @@ class Trainer:
         self._check_batch(batch, ref_params)
         return self._compile(params, opt_state).lower(params, opt_state, batch, ref_params)
 
-    def shard_batch(self, local_batch: dict) -> dict:
+    def informative_groups(self, local_batch: dict) -> int:
+        """Groups of this process's rows that the update must run (all when not skipping)."""
+        if not self.skip_zero_advantage:
+            return local_batch["tokens_bt"].shape[0] // self.group_size
+        return int(row_skip.informative_groups(local_batch, self.group_size).sum())
+
+    def shard_batch(self, local_batch: dict, min_groups: int = 0) -> dict:
         """Global arrays sharded over the batch axes from this process's rows [B_local, ...].
 
-        With group_size > 1 and score_last, checks that each group's rows share their
-        prompt columns (the shared-prompt forward relies on it)."""
+        Leaves out zero-advantage groups when that is exact (module doc); min_groups: run at
+        least that many groups (with several processes: the largest `informative_groups`
+        of any process, so all run the same shape). With group_size > 1 and score_last,
+        checks that each group's rows share their prompt columns (the shared-prompt
+        forward relies on it)."""
+        local_shards = batch_shards(self.mesh) // jax.process_count()
+        rows = local_batch["tokens_bt"].shape[0]
+        if self.skip_zero_advantage and rows % (local_shards * self.micro_batches) == 0 and rows % self.group_size == 0:
+            local_batch, _ = row_skip.compact_batch(local_batch, self.group_size, local_shards,
+                                                    self.micro_batches, min_groups)
         if self.group_size > 1 and self.score_last is not None:
             width = local_batch["tokens_bt"].shape[1]
             check_groups_share_prompts(local_batch, self.group_size, width - min(self.score_last, width - 1))
@@ -221,42 +250,55 @@ class Trainer:
         (see `shard_batch`). ref_params: frozen reference, needed when beta > 0 and the
         batch has no ref_logps_bt. Returns (params, opt_state, metrics of device scalars).
         """
-        self._check_batch(batch, ref_params)
+        micro_batches = self._micro_batches_of(batch)
+        self._check_batch(batch, ref_params, micro_batches)
         if self._compiled is None:
             self._compiled = self._compile(params, opt_state)
-        return self._compiled(params, opt_state, batch, ref_params)
+        return self._compiled(params, opt_state, batch, ref_params, micro_batches=micro_batches)
 
-    def _check_batch(self, batch: dict, ref_params) -> None:
+    def _micro_batches_of(self, batch: dict) -> int:
+        if "row_tokens_b" not in batch:
+            return self.micro_batches
+        return row_skip.micro_batches_of(batch["tokens_bt"].shape[0], batch["row_tokens_b"].shape[0],
+                                         batch_shards(self.mesh), self.micro_batches)
+
+    def _check_batch(self, batch: dict, ref_params, micro_batches: int | None = None) -> None:
         missing = [k for k in REQUIRED_KEYS if k not in batch]
         if missing:
             raise ValueError(f"train batch lacks {missing}")
-        rows = batch["tokens_bt"].shape[0]
-        shards = self.micro_batches * batch_shards(self.mesh)
+        rows, micro_batches = batch["tokens_bt"].shape[0], micro_batches or self.micro_batches
+        shards = micro_batches * batch_shards(self.mesh)
         if rows % shards:
-            raise ValueError(f"{rows} sequences do not split into {self.micro_batches} micro-batches "
+            raise ValueError(f"{rows} sequences do not split into {micro_batches} micro-batches "
                              f"x {batch_shards(self.mesh)} batch shards; use a multiple of {shards}")
         if self.loss_kwargs["beta"] > 0 and "ref_logps_bt" not in batch and ref_params is None:
             raise ValueError("loss.beta > 0 needs ref_params or batch['ref_logps_bt']")
+        if self.loss_kwargs["tis_cap"] is not None and "sampler_logps_bt" not in batch:
+            raise ValueError("loss.tis_cap needs the sampler's log-probs: batch['sampler_logps_bt']")
 
     def _compile(self, params, opt_state):
         """jit with outputs sharded exactly like the donated inputs, so buffers are reused."""
         shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
         param_shardings = shardings(params)
-        def train_step(p, s, b, r):  # the name jax reports its compiles under (grpo_core.compiles)
-            return self._update(p, s, b, r, param_shardings)
+        def train_step(p, s, b, r, micro_batches=self.micro_batches):  # the name jax reports its compiles under (grpo_core.compiles)
+            return self._update(p, s, b, r, param_shardings, micro_batches)
 
-        return jax.jit(train_step, donate_argnums=(0, 1),
+        return jax.jit(train_step, donate_argnums=(0, 1), static_argnames=("micro_batches",),
                        out_shardings=(param_shardings, shardings(opt_state), None))
 
     # ---- traced ----------------------------------------------------------------------
 
-    def _update(self, params, opt_state, batch, ref_params, param_shardings):
+    def _update(self, params, opt_state, batch, ref_params, param_shardings, micro_batches: int):
         """All epochs of one step; returns (params, opt_state, metrics)."""
         mask = batch["completion_mask_bt"].astype(jnp.float32).at[:, 0].set(0.0)
         batch = dict(batch, completion_mask_bt=mask)
-        den = loss_denominator(self.loss_kwargs["agg"], mask, self.loss_kwargs["max_completion_length"])
-        group = self._shared_group(mask.shape[0])
-        mbs = _split_micro_batches(batch, self.micro_batches, group)
+        # Compacted batch (row_skip): the denominator of the FULL batch, from its rows' token counts
+        # (every aggregation's denominator is a sum over rows of the count or of count > 0).
+        full = batch.pop("row_tokens_b", None)
+        den = loss_denominator(self.loss_kwargs["agg"], mask if full is None else full[:, None],
+                               self.loss_kwargs["max_completion_length"])
+        group = self._shared_group(mask.shape[0], micro_batches)
+        mbs = _split_micro_batches(batch, micro_batches, group)
         per_epoch = []
         for epoch in range(self.ppo_epochs):
             keep = epoch == 0 and self.ppo_epochs > 1
@@ -271,15 +313,17 @@ class Trainer:
             per_epoch.append(dict(metrics, grad_norm=grad_norm))
         metrics = {k: sum(m[k] for m in per_epoch) / self.ppo_epochs for k in per_epoch[0]}
         metrics["tokens"] = jnp.sum(mask)
+        metrics["rows_run"] = jnp.float32(mask.shape[0])
+        metrics["rows_total"] = jnp.float32(mask.shape[0] if full is None else full.shape[0])
         return params, opt_state, metrics
 
-    def _shared_group(self, rows: int) -> int:
+    def _shared_group(self, rows: int, micro_batches: int | None = None) -> int:
         """How many consecutive rows share one prompt forward: gcd(group_size, rows per device
         per micro-batch). Such a run of rows lies inside one GRPO group and on one device, so
         each device runs one prompt per run of its own rows; a whole group when the device
         holds it, else part of one (e.g. 4 rows of a group of 8 on v6e-8 with 4 rows per
         device: prompt FLOPs / 4). 1 = no sharing."""
-        n, m, shards = self.group_size, self.micro_batches, batch_shards(self.mesh)
+        n, m, shards = self.group_size, micro_batches or self.micro_batches, batch_shards(self.mesh)
         if n <= 1 or self.score_last is None or rows % (m * shards):
             return 1
         return math.gcd(n, rows // (m * shards))
@@ -315,7 +359,7 @@ class Trainer:
                 score_last=self.score_last, group_size=group)[0])
         loss, metrics = policy_loss(logps, old, mb["advantages_b"], mb["completion_mask_bt"],
                                     ref_logps=ref, normalizer=den, entropy=entropy,
-                                    **self.loss_kwargs)
+                                    sampler_logps=mb.get("sampler_logps_bt"), **self.loss_kwargs)
         kept = {"old_logps_bt": old} | ({} if ref is None else {"ref_logps_bt": ref})
         return loss, (metrics, kept)
 
@@ -324,6 +368,8 @@ class Trainer:
         names += ["clip_frac_dual"] if self.loss_kwargs["clip_ratio_c"] is not None else []
         names += ["entropy"] if self.with_entropy else []
         names += ["kl"] if self.loss_kwargs["beta"] > 0 else []
+        names += ["entropy_selected_frac"] if self.loss_kwargs["top_entropy_quantile"] < 1.0 else []
+        names += ["tis_weight_mean"] if self.loss_kwargs["tis_cap"] is not None else []
         return {k: jnp.zeros((), jnp.float32) for k in names}
 
 

@@ -3,7 +3,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import Section
+from schemas.base import NEW_OPTION, Section
+
+
+class DynamicSamplingSection(Section):
+    """DAPO's dynamic sampling: groups whose rewards are all equal carry no signal."""
+
+    enabled: bool = Field(False, description="Drop groups whose rewards are all equal and sample "
+                          "fresh prompts until batch_size groups with reward spread are collected.")
+    max_rounds: int = Field(3, ge=1, le=64, description="Sampling rounds per step at most (the first "
+                            "included); each step reserves max_rounds x batch_size prompts of the stream. "
+                            "When the cap is hit the batch is filled with dropped groups.")
 
 
 class RolloutSection(Section):
@@ -29,4 +39,8 @@ class RolloutSection(Section):
         "(activations all-reduced per layer); 'fsdp' = the training layout (weights all-gathered per layer "
         "per token); 'auto' = replicated when it fits beside the training state and the KV cache, else tp, "
         "else fsdp (fsdp on devices that report no memory limit, e.g. CPU).",
+    )
+    dynamic_sampling: DynamicSamplingSection = Field(
+        default_factory=DynamicSamplingSection, description="DAPO dynamic sampling.",
+        json_schema_extra=NEW_OPTION,
     )

@@ -10,8 +10,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from grpo_core.errors import UserError
 from grpo_core.optim import warmup_steps_for
-from schemas.algorithm import DEFAULT_REWARDS, AdvantageSection, LossSection, RewardSpec
-from schemas.base import Section
+from schemas.algorithm import DEFAULT_REWARDS, AdvantageSection, LossSection, OverlongPenaltySection, RewardSpec
+from schemas.base import NEW_OPTION, Section
 from schemas.data import DataSection
 from schemas.infra import CheckpointSection, EvalSection, LoggingSection, MeshSection
 from schemas.model import ModelSection
@@ -49,6 +49,10 @@ class RunConfig(Section):
         min_length=1,
         description="Weighted reward functions; the total reward is their weighted sum.",
     )
+    overlong_penalty: OverlongPenaltySection | None = Field(
+        None, description="DAPO overlong reward shaping added to the rewards' total; null = off.",
+        json_schema_extra=NEW_OPTION,
+    )
     advantage: AdvantageSection = Field(default_factory=AdvantageSection, description="Advantage estimator.")
     loss: LossSection = Field(default_factory=LossSection, description="Policy loss.")
     train: TrainSection = Field(default_factory=TrainSection, description="Steps, micro-batching, optimizer.")
@@ -67,6 +71,14 @@ class RunConfig(Section):
                 f"eval.num_prompts ({self.eval.num_prompts}) exceeds data.num_eval ({self.data.num_eval}); "
                 "lower eval.num_prompts or raise data.num_eval"
             )
+        if self.overlong_penalty and self.overlong_penalty.cache_tokens > self.rollout.max_new_tokens:
+            raise ValueError(
+                f"overlong_penalty.cache_tokens ({self.overlong_penalty.cache_tokens}) exceeds "
+                f"rollout.max_new_tokens ({self.rollout.max_new_tokens}); lower it (DAPO: a fifth of the length)"
+            )
+        if self.rollout.dynamic_sampling.enabled and self.rollout.n < 2:
+            raise ValueError("rollout.dynamic_sampling needs groups of at least 2 samples to see a reward "
+                             "spread; raise rollout.n or disable it")
         return self
 
     def derive(self, num_processes: int = 1, num_devices: int = 1) -> DerivedBatch:

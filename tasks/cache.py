@@ -25,6 +25,7 @@ from prefect.serializers import JSONSerializer
 from pydantic import BaseModel, Field
 
 from grpo_core.artifacts import file_is_intact
+from schemas.base import unset_new_options
 from schemas.manifests import PhaseManifest
 from tasks.locks import FlockLockManager
 
@@ -60,9 +61,16 @@ class PhaseInput(BaseModel):
 
 
 def config_digest(*sections: Any) -> str:
-    """sha256 of the given config sections/values (pydantic models are dumped as JSON)."""
-    dumped = [s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections]
+    """sha256 of the given config sections/values (pydantic models are dumped as JSON,
+    without the options added later that hold their default: schemas.base.NEW_OPTION)."""
+    dumped = [s.model_dump(mode="json", exclude=unset_new_options(s)) if isinstance(s, BaseModel) else s
+              for s in sections]
     return hashlib.sha256(json.dumps(dumped, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def dump_without(section: BaseModel, *fields: str) -> dict:
+    """`section` as config_digest dumps it, less `fields` (options that change no result)."""
+    return section.model_dump(mode="json", exclude=unset_new_options(section) | {f: True for f in fields})
 
 
 def storage_dirs(run_dir: str | Path) -> dict[str, Path]:

@@ -55,14 +55,15 @@ def rollout(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     _require_params(session, phase_input)
     with compiles.in_phase("rollout"):
-        table = session.rollout(phase_input.step)
-    return _finish(phase_input, session, table, phases.rollout_stats(table) | session.reshard_stats, started)
+        table, sampling = session.sample_step(phase_input.step)
+    return _finish(phase_input, session, table, phases.rollout_stats(table) | sampling | session.reshard_stats,
+                   started)
 
 
 @task(name="reward", task_run_name="reward-{phase_input.step}")
 def reward(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
-    table, stats = phases.reward_table(_upstream_table(session, phase_input), session.cfg.rewards)
+    table, stats = session.score(_upstream_table(session, phase_input))
     return _finish(phase_input, session, table, stats, started)
 
 

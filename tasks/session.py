@@ -116,26 +116,45 @@ class RunPlan:
         self.derived = cfg.derive(self.num_processes, jax.device_count())
         self.stream = make_prompt_stream(cfg.data)
 
+    @property
+    def sampling_rounds(self) -> int:
+        """Rounds of prompts each step reserves: rollout.dynamic_sampling.max_rounds when on."""
+        ds = self.cfg.rollout.dynamic_sampling
+        return ds.max_rounds if ds.enabled else 1
+
     def data_state(self, step: int) -> dict:
-        """Stream position at the start of `step`: a pure function of the step."""
-        seen = step * self.derived.prompts_global_per_step
+        """Stream position at the start of `step`: a pure function of the step (each step
+        reserves `sampling_rounds` batches of prompts, used or not)."""
+        seen = step * self.derived.prompts_global_per_step * self.sampling_rounds
         total = len(self.stream.train_items)
         return {"epoch": seen // total, "position": seen % total, "seed": self.cfg.data.seed, "num_train": total}
 
-    def global_items(self, step: int) -> list[dict]:
-        """All prompts of `step`, in the same order on every process."""
+    def round_items(self, step: int) -> list[list[dict]]:
+        """The prompts of each sampling round of `step`, in the same order on every process."""
         self.stream.restore(self.data_state(step))
-        return self.stream.next_batch(self.derived.prompts_global_per_step)
+        return [self.stream.next_batch(self.derived.prompts_global_per_step) for _ in range(self.sampling_rounds)]
+
+    def global_items(self, step: int) -> list[dict]:
+        """All prompts of `step`'s first sampling round, in the same order on every process."""
+        return self.round_items(step)[0]
+
+    def step_prompt_ids(self, step: int) -> list[int]:
+        """The prompt ids a rollout cache key names: this process's prompts, or with dynamic
+        sampling every round's global prompts (any of them may end up in the batch)."""
+        if self.sampling_rounds > 1:
+            return [int(item["prompt_id"]) for items in self.round_items(step) for item in items]
+        return [int(item["prompt_id"]) for item in self.items_for_step(step)]
 
     def items_for_step(self, step: int) -> list[dict]:
         """This process's share of the step's prompts (groups never span processes)."""
         share = self.derived.prompts_per_process
         return self.global_items(step)[self.process_index * share : (self.process_index + 1) * share]
 
-    def sample_seed(self, step: int) -> int:
-        """The sampling seed of `step`: the same on every process (the sampler draws for the
-        whole global batch), so a run's samples do not depend on how it is split."""
-        return (self.cfg.train.seed * 1_000_003 + step * 7919) % (2**31 - 1)
+    def sample_seed(self, step: int, round_: int = 0) -> int:
+        """The sampling seed of `step` (and dynamic-sampling round): the same on every process
+        (the sampler draws for the whole global batch), so a run's samples do not depend on
+        how it is split."""
+        return (self.cfg.train.seed * 1_000_003 + step * 7919 + round_ * 15_485_863) % (2**31 - 1)
 
 
 class TrainSession(RunPlan):
@@ -209,7 +228,9 @@ class TrainSession(RunPlan):
         """One train step on this process's rows; advances params_version. Returns float metrics."""
         if self.params_version != step:
             raise RuntimeError(f"update of step {step} on params of version {self.params_version}")
-        batch = self.trainer.shard_batch(batch_np)
+        # Every process must run the same (bucketed) number of groups when zero-advantage ones are skipped.
+        min_groups = global_max(self.trainer.informative_groups(batch_np)) if self.num_processes > 1 else 0
+        batch = self.trainer.shard_batch(batch_np, min_groups)
         params, opt_state, metrics = self.trainer.step(self.params, self.opt_state, batch, self.ref_params)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics["lr"] = float(self.schedule_lr(step * self.cfg.train.ppo_epochs))  # one optimizer update per epoch
@@ -245,29 +266,62 @@ class TrainSession(RunPlan):
 
     # ---- phases ----------------------------------------------------------------------
 
-    def rollout(self, step: int, items=None, greedy: bool = False):
-        """Rollout table of this process's rows for `step` (or of `items`) with the current params.
+    def sample_step(self, step: int):
+        """(Rollout table of this process's rows for `step`, sampling stats).
 
         Every process passes the step's GLOBAL prompts to the sampler (each device samples
         its batch shard) and keeps the rows of its own prompts, so groups never span processes.
+        With dynamic sampling, rounds of fresh prompts follow until batch_size groups have a
+        reward spread or max_rounds is reached (phases.select_groups); every process scores
+        and selects the same global rows.
         """
+        rounds, stats = self.round_items(step), {}
+        policy = self.generation_policy()  # resharded once for every round
+        if len(rounds) == 1:
+            table = self.rollout(step, rounds[0], policy=policy)
+        else:
+            tables, totals = [], []
+            for round_, items in enumerate(rounds):
+                tables.append(self.rollout(step, items, seed=self.sample_seed(step, round_), policy=policy))
+                rewards, reward_stats = self.score(tables[-1])
+                totals.append(np.asarray(rewards.column("reward_total")))
+                if round_ == 0:  # the policy on fresh prompts, before selection biases the batch
+                    stats.update({f"first_round_{k}": v for k, v in reward_stats.items()})
+                spread = np.ptp(np.concatenate(totals).reshape(-1, self.cfg.rollout.n), axis=1) > 0
+                if spread.sum() >= self.derived.prompts_global_per_step:
+                    break
+            table, selected = phases.select_groups(tables, totals, self.cfg.rollout.n, self.derived.prompts_global_per_step)
+            stats.update(selected)
+        share = self.derived.prompts_per_process * self.cfg.rollout.n
+        return table.slice(self.process_index * share, share), stats
+
+    def score(self, rollout_table):
+        """phases.reward_table with the run's rewards and overlong shaping."""
+        penalty = self.cfg.overlong_penalty
+        overlong = (penalty.cache_tokens, penalty.max_penalty) if penalty else None
+        return phases.reward_table(rollout_table, self.cfg.rewards, overlong, self.cfg.rollout.max_new_tokens)
+
+    def rollout(self, step: int, items=None, greedy: bool = False, seed: int | None = None, policy=None):
+        """Rollout table of this process's rows for `step` (see sample_step), or of all of
+        `items`, with the current params (`policy`: their generation-layout copy, when the
+        caller already made it)."""
         if items is None:
-            table = self.rollout(step, self.global_items(step))
-            share = self.derived.prompts_per_process * self.cfg.rollout.n
-            return table.slice(self.process_index * share, share)
+            return self.sample_step(step)[0]
         r, d = self.cfg.rollout, self.cfg.data
         return phases.rollout_table(
-            self.generation_policy(), items, step=step,
+            self.generation_policy() if policy is None else policy, items, step=step,
             n=1 if greedy else r.n, max_new_tokens=(self.cfg.eval.max_new_tokens or r.max_new_tokens) if greedy
             else r.max_new_tokens, temperature=0.0 if greedy else r.temperature, top_p=r.top_p, top_k=r.top_k,
-            seed=self.sample_seed(step), system_prompt=d.system_prompt, chat_template=d.chat_template,
-            max_prompt_tokens=r.max_prompt_tokens, mesh=self.generation_mesh,
+            seed=self.sample_seed(step) if seed is None else seed, system_prompt=d.system_prompt,
+            chat_template=d.chat_template, max_prompt_tokens=r.max_prompt_tokens, mesh=self.generation_mesh,
         )
 
     def update(self, step: int, rollout_table, advantage_table) -> dict[str, float]:
         width = global_max(max(len(p) for p in rollout_table.column("prompt_ids").to_pylist()))
         batch = phases.update_batch(rollout_table, advantage_table, self.cfg.rollout.max_new_tokens,
-                                    self.model_cfg.pad_token_id or 0, prompt_width=width)
+                                    self.model_cfg.pad_token_id or 0, prompt_width=width,
+                                    mask_truncated=self.cfg.loss.mask_truncated,
+                                    sampler_logps=self.cfg.loss.tis_cap is not None)
         started = time.perf_counter()
         metrics = self.apply_update(batch, step)
         tokens = float(batch["attn_mask_bt"].sum()) * self.cfg.train.ppo_epochs * self.num_processes

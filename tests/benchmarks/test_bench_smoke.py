@@ -40,7 +40,7 @@ def test_median_skips_warmup():
 
 def _results():
     return {
-        "grpo_step": {"speedup": {"step": 2.5, "rollout": 3.0, "update": 1.5}},
+        "grpo_step": {"speedup": {"step": 3.5, "rollout": 3.0, "update": 1.5}},
         "decode_cpu": {"summary": {"speedup": 1.4}},
         "update_flops": {"fraction_of_matmul": 0.6},
         "overhead": {"overhead_fraction": 0.05, "fixed_overhead_fraction": 0.02},
