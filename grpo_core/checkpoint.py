@@ -116,11 +116,15 @@ class Checkpoints:
         copy_started = time.perf_counter()
         self._in_flight = label
         state = {"params": params, "opt_state": opt_state}
-        self.manager.save(
-            label,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        try:
+            self.manager.save(
+                label,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+        except BaseException:
+            self._in_flight = None
+            raise
         saved = SaveTimes(label, time.perf_counter() - started, copy_started - started)
         if not self.asynchronous:
             self._in_flight, saved.write_s = None, saved.blocking_s
