@@ -287,9 +287,10 @@ def _heads_major(mesh) -> bool:
     A decode step's attention multiplies by the cache along S per kv head; with the
     [B, S, Nkv, Hd] layout XLA's CPU backend transposes every layer's cache slice every
     token (a quarter of the CPU decode time in the profile in benchmarks/RESULTS.md).
-    On TPU the [B, S, Nkv, Hd] layout stays: grpo_core.memory's TPU tiling model (kv
-    heads padded to 8/16 rows) is written for it. GPU compilers pick the physical layout
-    of the loop carry themselves, so the choice is neutral there.
+    On TPU the [B, S, Nkv, Hd] logical layout stays: XLA:TPU already stores the cache as
+    [.., B, Nkv, S, Hd] physically (tiled over S and Hd, no kv-head padding; grpo_core.memory
+    assumption 9), and the calibrated TPU programs were compiled with it. GPU compilers pick
+    the physical layout of the loop carry themselves, so the choice is neutral there.
     """
     return "tpu" not in _platforms(mesh)
 
