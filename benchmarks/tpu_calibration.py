@@ -87,15 +87,25 @@ def run(jsonl: Path, only: str | None, reverse: bool = False) -> None:
     for cell in (reversed(jobs()) if reverse else jobs()):
         if cell in {_cell(r) for r in _read(jsonl)} or (only and only not in " ".join(cell)):
             continue
-        out = subprocess.run([sys.executable, "-m", "benchmarks.tpu_calibration", "child", *cell],
-                             capture_output=True, text=True)
-        if out.returncode:
-            print(f"{cell}: child failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        rows = run_child("benchmarks.tpu_calibration", cell, jsonl)
+        if rows is None:
             continue
-        rows = json.loads(out.stdout.strip().splitlines()[-1])
-        with jsonl.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
         print(" ".join(cell), [(r["phase"], r["compile_seconds"], r["xla_bytes"]) for r in rows], flush=True)
+
+
+def run_child(module: str, args, jsonl: Path) -> list[dict] | None:
+    """Run `python -m module child *args` (one compile in a fresh process, so libtpu's host
+    memory goes with it), append the row(s) it prints last to `jsonl` and return them;
+    None (and its stderr's tail) when it fails."""
+    out = subprocess.run([sys.executable, "-m", module, "child", *args], capture_output=True, text=True)
+    if out.returncode:
+        print(f"{tuple(args)}: child failed\n{out.stderr[-3000:]}", file=sys.stderr)
+        return None
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = result if isinstance(result, list) else [result]
+    with jsonl.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
 
 
 def _cell(row: dict) -> tuple[str, ...]:

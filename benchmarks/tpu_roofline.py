@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.tpu_calibration import run_child
 
 CONFIGS = ("configs/grpo_gsm8k_qwen25_3b_bs128_steps100.yaml", "configs/grpo_gsm8k_qwen25_7b_bs128_steps100.yaml")
 LAYOUTS = ("fsdp", "replicated", "tp")
@@ -141,14 +142,10 @@ def run(configs, slices, layouts, jsonl: Path, hlo_dir: str = "") -> None:
     for cell in ((c, s, l) for s in slices for c in configs for l in layouts):
         if cell in done:
             continue
-        out = subprocess.run([sys.executable, "-m", "benchmarks.tpu_roofline", "child", *cell, hlo_dir],
-                             capture_output=True, text=True)
-        if out.returncode:
-            print(f"{cell}: child failed\n{out.stderr[-3000:]}", file=sys.stderr)
+        rows = run_child("benchmarks.tpu_roofline", [*cell, hlo_dir], jsonl)
+        if rows is None:
             continue
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        with jsonl.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        row = rows[0]
         p = predict(row)
         print(f"{' '.join(cell)}: ICI {p['ici_bytes_per_step'] / 1e9:.3f} GB/step ({p['ici_share_of_weights']:.1%} of "
               f"weights), step {p['step_ms']:.2f} ms ({p['bound']}), rollout {p['rollout_s']:.2f} s, "
