@@ -149,8 +149,6 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
 
 def compiler_id(acc: Accelerator) -> str:
     """What else, besides the program, decides XLA's answer: the compiler versions and the slice."""
-    import jax
-
     return f"{compiler_version()} {acc.topology} {acc.chip_config} {acc.host_bounds}"
 
 
