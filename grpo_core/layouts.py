@@ -27,12 +27,13 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 
 from grpo_core.errors import UserError
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import param_logical_axes
-from grpo_core.sharding import make_mesh, tree_shardings
+from grpo_core.sharding import MESH_AXES, make_mesh, tree_shardings
 
 LAYOUTS = ("replicated", "tp", "fsdp")
 
@@ -67,7 +68,31 @@ def generation_mesh(mesh: Mesh, layout: str, cfg: ModelConfig, local_devices: in
     shape = generation_mesh_shape(layout, dict(mesh.shape), cfg, local_devices)
     if all(mesh.shape[a] == shape[a] for a in shape):
         return mesh
-    return make_mesh(shape, list(mesh.devices.flat))
+    devices = list(mesh.devices.flat)
+    if shape["tp"] > 1 and len({d.process_index for d in devices}) > 1:
+        return Mesh(host_local_tp_grid(devices, shape["tp"]), MESH_AXES)
+    return make_mesh(shape, devices)
+
+
+def host_local_tp_grid(devices, tp: int) -> np.ndarray:
+    """[dp, 1, tp] devices whose tp groups never leave a host.
+
+    A whole-slice device mesh (mesh_utils) may run a tp group along a physical axis that
+    crosses hosts (7B's tp=4 on v6e-16's 4x4 chips, 2x2 per host); the per-layer
+    all-reduces of a tp layout belong inside one host. Each host's devices are ordered by
+    their chip coordinates (so a group of 2 is two neighbours), then cut into groups of tp.
+    """
+    hosts: dict[int, list] = {}
+    for d in devices:
+        hosts.setdefault(d.process_index, []).append(d)
+    groups = []
+    for index in sorted(hosts):
+        local = sorted(hosts[index], key=lambda d: (tuple(reversed(getattr(d, "coords", ()) or ())), d.id))
+        if len(local) % tp:
+            raise UserError(f"rollout.weights_layout=tp: tp={tp} does not divide the {len(local)} devices of "
+                            f"process {index}; use rollout.weights_layout=replicated or fsdp")
+        groups += [local[i:i + tp] for i in range(0, len(local), tp)]
+    return np.asarray(groups, dtype=object).reshape(len(groups), 1, tp)
 
 
 def to_generation_layout(params, cfg: ModelConfig, mesh: Mesh):

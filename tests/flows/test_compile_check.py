@@ -160,3 +160,24 @@ def test_smoke_config_compiles_for_v6e8_and_the_estimate_bounds_xla():
     for phase, result in compiled.items():
         assert result.error is None, result.error
         assert 1.0 <= estimates[phase] / result.xla_bytes <= 2.5, (phase, estimates[phase], result.memory)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("tp", [2, 4])
+def test_tp_generation_mesh_keeps_each_tp_group_on_one_host(tp):
+    # v6e-16 is 4x4 chips, 2x2 per host: a whole-slice device mesh would run a group of 4
+    # along a physical row that crosses two hosts (Qwen2.5-7B's tp=4 did).
+    from grpo_core.layouts import generation_mesh
+    from grpo_core.models.config import ModelConfig
+    from grpo_core.sharding import make_mesh
+
+    acc = get_accelerator("v6e-16")
+    devices = compile_check.slice_devices(acc)
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2 * tp, num_key_value_heads=tp, head_dim=8)
+    mesh = make_mesh({"dp": 4, "fsdp": 4}, devices)
+    gen = generation_mesh(mesh, "tp", cfg, acc.chips // acc.hosts)
+    assert dict(gen.shape) == {"dp": 16 // tp, "fsdp": 1, "tp": tp}
+    assert sorted(d.id for d in gen.devices.flat) == sorted(d.id for d in devices)
+    for group in gen.devices.reshape(-1, tp):
+        assert len({d.process_index for d in group}) == 1, [(d.process_index, d.coords) for d in group]
