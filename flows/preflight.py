@@ -14,7 +14,7 @@ from pathlib import Path
 
 from grpo_core.errors import UserError
 from grpo_core.memory import (
-    GIB, Accelerator, MemoryEstimate, Workload, choose_weights_layout, estimate_memory, get_accelerator,
+    GIB, Accelerator, MemoryEstimate, Workload, choose_weights_layout, decode_rates, estimate_memory, get_accelerator,
     with_weights_layout,
 )
 from grpo_core.models.config import PRESETS, ModelConfig
@@ -98,16 +98,20 @@ def build_workload(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, 
         tpu=accelerator.kind == "tpu",
     )
     local = accelerator.chips // accelerator.hosts
-    return with_weights_layout(workload, weights_layout(cfg, workload, accelerator.capacity_bytes, local), local), derived
+    layout = weights_layout(cfg, workload, accelerator.capacity_bytes, local, decode_rates(accelerator))
+    return with_weights_layout(workload, layout, local), derived
 
 
-def weights_layout(cfg: RunConfig, workload: Workload, capacity_bytes: int | None, local_devices: int) -> str:
+def weights_layout(cfg: RunConfig, workload: Workload, capacity_bytes: int | None, local_devices: int,
+                   rates: tuple[float, float] | None = None) -> str:
     """rollout.weights_layout resolved: "auto" is the estimate's choice for devices of
-    `capacity_bytes` (None, a device that reports no limit, e.g. CPU: the training layout)."""
+    `capacity_bytes` (None, a device that reports no limit, e.g. CPU: the training layout),
+    ranked by the decode `rates` of the TPU generation when known."""
     layout = cfg.rollout.weights_layout
     if layout != "auto":
         return layout
-    return "fsdp" if capacity_bytes is None else choose_weights_layout(workload, capacity_bytes, local_devices)
+    return "fsdp" if capacity_bytes is None else choose_weights_layout(workload, capacity_bytes, local_devices,
+                                                                       rates=rates)
 
 
 def estimate_config(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, DerivedBatch, MemoryEstimate]:

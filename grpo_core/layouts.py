@@ -20,7 +20,8 @@ mesh whose fsdp axis is 1):
   instead of a gather of the layer's weights.
 - "fsdp": the training mesh and params as they are.
 
-Which layout fits is the memory estimate's question (`grpo_core.memory.choose_weights_layout`).
+Which layouts fit is the memory estimate's question, and on a TPU which of those decodes
+faster a roofline's (`grpo_core.memory.choose_weights_layout`, `decode_step_seconds`).
 """
 from __future__ import annotations
 

@@ -87,6 +87,12 @@ DECODE_LOGIT_COPIES = 6
 # XLA:TPU holds the update's float32 gradient accumulator once or twice (assumption 5).
 TPU_ACCUMULATOR_COPIES = 1.5
 OPTIMIZER_MOMENTS = {"lion": 1, "adamw": 2, "sgd": 0}
+# Per chip, from Google's Cloud TPU pages (read 2026-11-29): HBM bandwidth and the ICI
+# bandwidth one chip receives (half the bidirectional figure: v6e 800 GB/s, v5e 400 GB/s,
+# v5p 4,800 Gbps). Used only to rank generation layouts (choose_weights_layout).
+DECODE_RATES = {"v6e": (1638e9, 400e9), "v5e": (819e9, 200e9), "v5": (2765e9, 300e9)}
+# Assumed cost of one small collective inside the decode loop (not measured: no TPU here).
+COLLECTIVE_LATENCY_S = 10e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,15 +440,61 @@ def with_weights_layout(w: Workload, layout: str, local_devices: int) -> Workloa
     return dataclasses.replace(w, generation_mesh=None if same else tuple(shape.items()))
 
 
-def choose_weights_layout(w: Workload, capacity_bytes: int, local_devices: int, overhead: float = 0.10) -> str:
-    """rollout.weights_layout=auto: "replicated" when the rollout fits with every device holding
-    all the weights beside the resident training state and the KV cache, else "tp" when tp
-    applies to the model and fits, else "fsdp" (the training layout)."""
+def decode_step_seconds(w: Workload, rates: tuple[float, float], latency: float = COLLECTIVE_LATENCY_S) -> float:
+    """Predicted seconds of one decode step of `w`'s sampler layout, to rank layouts (not a measurement).
+
+    rates: (HBM bytes/s, ICI bytes/s received) per chip. Each chip reads its weights and its
+    whole KV cache once per step; fsdp also all-gathers (n-1)/n of the weights (one
+    collective per layer and one for the [V, D] matrix), tp all-reduces two [rows, D]
+    activations per layer (2(n-1)/n of them; plus the embedding lookup, the split softmax's
+    max and sum and the logits' gather). Perfect overlap of HBM and ICI, plus `latency` per
+    collective. benchmarks/tpu_roofline.py counts the same bytes from the compiled programs.
+    """
+    hbm_rate, ici_rate = rates
+    m, g = w.model, _sampler_view(w)
+    rows = g.sampler_prompts_per_device * w.group_size
+    kv = _kv_cache(g, rows, w.prompt_slots + w.new_tokens)
+    shards, tp = g.mesh_sizes.get("fsdp", 1) * g.tp, g.tp
+    ici, collectives = 0.0, 0
+    if g.mesh_sizes.get("fsdp", 1) > 1:
+        ici += m.num_params * w.param_bytes / tp * (1 - tp / shards)
+        collectives += m.num_hidden_layers + 1
+    weights = m.num_params * w.param_bytes / tp
+    if tp > 1:
+        ici += 2 * m.num_hidden_layers * rows * m.hidden_size * w.param_bytes * 2 * (tp - 1) / tp
+        collectives += 2 * m.num_hidden_layers + 4
+    return max((weights + kv) / hbm_rate, ici / ici_rate) + collectives * latency
+
+
+def choose_weights_layout(w: Workload, capacity_bytes: int, local_devices: int, overhead: float = 0.10,
+                          rates: tuple[float, float] | None = None) -> str:
+    """rollout.weights_layout=auto: of "replicated" (every device holds all the weights beside
+    the resident training state and the KV cache) and "tp" (when it applies to the model),
+    the one whose rollout fits; when both fit, with `rates` (a TPU generation's, from
+    DECODE_RATES) the one with the shorter predicted decode step, without them "replicated".
+    "fsdp" (the training layout) when neither fits."""
+    fitting = []
     for layout in ("replicated", "tp"):
         if layout == "tp" and tp_size(w.model, local_devices) == 1:
             continue
         g = with_weights_layout(w, layout, local_devices)
         rollout = MemoryEstimate({"prefill": prefill_components(g), "decode": decode_components(g)}, overhead)
         if rollout.peak_bytes <= capacity_bytes:
-            return layout
-    return "fsdp"
+            fitting.append((layout, g))
+    if not fitting:
+        return "fsdp"
+    if rates is None:
+        return fitting[0][0]
+    return min(fitting, key=lambda pair: decode_step_seconds(pair[1], rates))[0]
+
+
+def tpu_generation(device_kind: str) -> str:
+    """The topology prefix of a TPU's jax device_kind ("TPU v6 lite" -> "v6e"; "" if unknown)."""
+    kind = device_kind.lower().replace("tpu", "").strip()
+    return {"v6 lite": "v6e", "v6e": "v6e", "v5 lite": "v5e", "v5e": "v5e", "v5": "v5", "v5p": "v5",
+            "v4": "v4"}.get(kind, "")
+
+
+def decode_rates(acc: Accelerator) -> tuple[float, float] | None:
+    """(HBM, ICI received) bytes/s per chip of `acc`'s TPU generation; None where not tabled."""
+    return DECODE_RATES.get(acc.topology.split(":")[0]) if acc.kind == "tpu" else None

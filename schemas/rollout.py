@@ -37,8 +37,10 @@ class RolloutSection(Section):
         "never per token): 'replicated' = every device holds all the weights (no weight traffic between "
         "devices in the decode loop); 'tp' = heads, MLP and vocabulary split over the devices of a host "
         "(activations all-reduced per layer); 'fsdp' = the training layout (weights all-gathered per layer "
-        "per token); 'auto' = replicated when it fits beside the training state and the KV cache, else tp, "
-        "else fsdp (fsdp on devices that report no memory limit, e.g. CPU).",
+        "per token); 'auto' = of replicated and tp, the ones that fit beside the training state and the KV "
+        "cache, on a TPU the one with the shorter predicted decode step (HBM and ICI rates of the chip), "
+        "elsewhere replicated first; fsdp when neither fits (and on devices that report no memory limit, "
+        "e.g. CPU).",
     )
     dynamic_sampling: DynamicSamplingSection = Field(
         default_factory=DynamicSamplingSection, description="DAPO dynamic sampling.",

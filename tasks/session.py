@@ -22,7 +22,7 @@ from grpo_core.checkpoint import Checkpoints, SaveTimes
 from grpo_core.data import make_prompt_stream
 from grpo_core.errors import UserError
 from grpo_core.layouts import bytes_per_device, generation_mesh, to_generation_layout
-from grpo_core.memory import Accelerator
+from grpo_core.memory import Accelerator, tpu_generation
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
 from grpo_core.sharding import make_mesh
@@ -374,8 +374,9 @@ def resolve_weights_layout(cfg: RunConfig, mesh) -> str:
         return "fsdp" if cfg.rollout.weights_layout == "auto" else cfg.rollout.weights_layout
     from flows.preflight import build_workload  # RunConfig -> the estimate's Workload, as `grpo preflight` builds it
 
-    here = Accelerator("this machine", "tpu" if device.platform == "tpu" else "gpu", mesh.size, jax.process_count(),
-                       limit / 2**30)
+    tpu = device.platform == "tpu"
+    here = Accelerator("this machine", "tpu" if tpu else "gpu", mesh.size, jax.process_count(), limit / 2**30,
+                       topology=f"{tpu_generation(device.device_kind)}:" if tpu else "")
     return build_workload(cfg, here)[0].weights_layout
 
 

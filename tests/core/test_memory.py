@@ -133,5 +133,34 @@ def test_shipped_configs_choose_their_layout_per_slice():
         cfg = load_run_config(str(ROOT / f"configs/grpo_gsm8k_qwen25_{size}_bs128_steps100.yaml"), [])
         return run_preflight(cfg, slice_name).workload.weights_layout
 
-    assert layout("3b", "v6e-8") == layout("7b", "v6e-8") == "replicated"
+    # Both fit on v6e-8; tp reads half (3B) or a quarter (7B) of the weights per chip and step,
+    # and its all-reduces of [rows, D] activations are ~0.3% of the weights' bytes.
+    assert layout("3b", "v6e-8") == layout("7b", "v6e-8") == layout("3b", "v6e-16") == "tp"
     assert layout("7b", "v5e-8") == "tp"  # 14 GiB of bf16 weights do not fit twice in 15.25 GiB
+
+
+def test_auto_layout_ranks_the_fitting_layouts_by_the_predicted_decode_step():
+    from grpo_core.memory import (COLLECTIVE_LATENCY_S, DECODE_RATES, choose_weights_layout, decode_step_seconds,
+                                  tpu_generation, with_weights_layout)
+
+    rates = DECODE_RATES["v6e"]
+    for name, expected in (("qwen2.5-0.5b", "replicated"), ("qwen2.5-3b", "tp")):
+        w = workload(model=PRESETS[name], param_bytes=2, prompts=16, group_size=8, new_tokens=512, max_prompt_tokens=256,
+                     mesh=(("dp", 1), ("fsdp", 8), ("tp", 1)))
+        rep, tp, fsdp = (with_weights_layout(w, layout, 8) for layout in ("replicated", "tp", "fsdp"))
+        # Replicated: no collective, every chip reads all the weights and its share of the cache.
+        m = w.model
+        cache = 2 * m.num_hidden_layers * 16 * m.num_key_value_heads * (256 + 512) * m.head_dim * 2
+        assert decode_step_seconds(rep, rates) == pytest.approx((m.num_params * 2 + cache) / rates[0])
+        # fsdp gathers 7/8 of the weights over ICI every step: the slowest by far.
+        assert decode_step_seconds(fsdp, rates) > 2 * max(decode_step_seconds(rep, rates), decode_step_seconds(tp, rates))
+        # 0.5B: tp=2 halves ~1 GB of weight reads (0.3 ms) but adds 52 collectives' latency.
+        assert choose_weights_layout(w, 10**12, 8, rates=rates) == expected
+        assert choose_weights_layout(w, 10**12, 8) == "replicated"  # no rates: the fitting order
+    # Without latency tp would win for 0.5B too: the ranking is what the latency term decides.
+    w = workload(model=PRESETS["qwen2.5-0.5b"], param_bytes=2, prompts=16, group_size=8,
+                 new_tokens=512, mesh=(("dp", 1), ("fsdp", 8), ("tp", 1)))
+    assert (decode_step_seconds(with_weights_layout(w, "tp", 8), rates, latency=0.0)
+            < decode_step_seconds(with_weights_layout(w, "replicated", 8), rates) and COLLECTIVE_LATENCY_S > 0)
+    assert [tpu_generation(k) for k in ("TPU v6 lite", "TPU v5 lite", "TPU v5", "TPU v4", "cpu")] == [
+        "v6e", "v5e", "v5", "v4", ""]

@@ -26,9 +26,9 @@ def test_historical_7b_1024_sequences_fits_as_xla_says(capsys):
     # The historical OOM was another sampler's; XLA compiles OUR 7B x 1024-sequence rollout
     # for v6e-8 in ~12 GiB per device with the training layout of the weights
     # (benchmarks/RESULTS.md), and the estimate agrees. With the default layout (auto) the
-    # sampler holds a replicated copy of the weights (~14 GiB more) and it still fits.
+    # sampler holds a tp=4 copy of the weights (~3.5 GiB more) and it still fits.
     code, out, err = preflight(capsys, "--config", CFG_7B, "--tpu", "v6e-8", "--set", "rollout.batch_size=128")
-    assert code == 0 and "rollout weights replicated" in out, out + err
+    assert code == 0 and "rollout weights tp" in out, out + err
     report = run_preflight(load_run_config(CFG_7B, ["rollout.batch_size=128", "rollout.weights_layout=fsdp"]), "v6e-8")
     rollout = max(report.estimate.total("prefill"), report.estimate.total("decode")) / GIB
     assert 11.0 < rollout < 15.0
