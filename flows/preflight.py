@@ -202,10 +202,14 @@ def format_report(report: PreflightReport) -> str:
     phases = list(est.phases)
     components = list(dict.fromkeys(c for p in phases for c in est.phases[p]))
     mesh = " ".join(f"{k}={v}" for k, v in w.mesh)
+    layout = w.weights_layout
+    if w.generation_mesh is not None:
+        layout += " (sampler mesh " + " ".join(f"{k}={v}" for k, v in w.generation_mesh) + ")"
+    sampler = dataclasses.replace(w, mesh=w.generation_mesh) if w.generation_mesh is not None else w
     lines = [
         f"preflight: {report.config.model.name_or_path} on {acc.name} ({acc.chips} chips x {acc.hbm_gib:g} GiB, "
-        f"{acc.hosts} host(s)); mesh {mesh}; rollout weights {w.weights_layout}",
-        f"per device: rollout {w.sampler_prompts_per_device} prompts x n={w.group_size} (prompt slots "
+        f"{acc.hosts} host(s)); mesh {mesh}; rollout weights {layout}",
+        f"per device: rollout {sampler.sampler_prompts_per_device} prompts x n={w.group_size} (prompt slots "
         f"{w.prompt_slots} + {w.new_tokens} new); update {d.sequences_per_device} sequences of "
         f"{w.update_tokens} tokens in micro-batches of {d.micro_batch_size} x {d.grad_accum_steps}; "
         f"{report.config.model.dtype}, remat {'on' if w.remat else 'off'}, {w.optimizer}",
