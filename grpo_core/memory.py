@@ -64,6 +64,12 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
    weights ("generation weights": all of them, or their tp share) beside the resident
    training state; the KV cache, prefill activations and sampler buffers are split as on
    that mesh, and no weights are gathered. With "fsdp" the rollout estimate is the one above.
+   Float32 weights on TPU ("float32 weight copies"): XLA:TPU runs the matmuls in bf16 at
+   default precision and converts the generation copy's decoder-layer weights to bf16 once,
+   outside the decode loop, and relays out the float32 [V, D] embedding for the logits
+   (buffer assignment of configs/quickstart_cpu.yaml's replicated rollout on v6e-8: 195 MB
+   of bf16 layer copies of the 212 MB, and a 120 MiB f32[49152,576] copy); both are
+   counted whole. Without them that rollout's estimate was 0.83 of XLA's bytes.
 """
 from __future__ import annotations
 
@@ -350,6 +356,10 @@ def _rollout_base(w: Workload) -> dict[str, int]:
         # mesh has fsdp = 1: the decode loop gathers no weights (tp splits them instead).
         parts["generation weights"] = param_bytes_per_device(g, w.param_bytes)
         parts["gathered weights"] = 0
+        if w.tpu and w.param_bytes == 4:  # assumption 10: bf16 layer copies + the [V, D] relayout
+            m = w.model
+            parts["float32 weight copies"] = (m.num_hidden_layers * _layer_weights(m) * 2
+                                              + m.vocab_size * m.hidden_size * 4) // g.tp
     else:
         parts["gathered weights"] = _gathered_weights(w, layers=1)
     seqs = g.sampler_prompts_per_device * w.group_size

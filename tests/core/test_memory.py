@@ -164,3 +164,19 @@ def test_auto_layout_ranks_the_fitting_layouts_by_the_predicted_decode_step():
             < decode_step_seconds(with_weights_layout(w, "replicated", 8), rates) and COLLECTIVE_LATENCY_S > 0)
     assert [tpu_generation(k) for k in ("TPU v6 lite", "TPU v5 lite", "TPU v5", "TPU v4", "cpu")] == [
         "v6e", "v5e", "v5", "v4", ""]
+
+
+def test_float32_generation_weights_on_tpu_count_xlas_bf16_copies():
+    # XLA:TPU converts a float32 generation copy's layer weights to bf16 outside the decode
+    # loop and relays out the [V, D] embedding (quickstart_cpu's replicated rollout on v6e-8).
+    from grpo_core.memory import with_weights_layout
+
+    m = PRESETS["smollm2-135m"]
+    fsdp8 = dict(model=m, mesh=(("dp", 1), ("fsdp", 8), ("tp", 1)))
+    tpu32 = with_weights_layout(workload(param_bytes=4, tpu=True, **fsdp8), "replicated", 8)
+    copies = prefill_components(tpu32)["float32 weight copies"]
+    layers = m.num_params - m.vocab_size * m.hidden_size  # tied embedding
+    assert copies == pytest.approx(layers * 2 + m.vocab_size * m.hidden_size * 4, rel=1e-3)
+    for other in (workload(param_bytes=2, tpu=True, **fsdp8), workload(param_bytes=4, tpu=False, **fsdp8)):
+        assert "float32 weight copies" not in prefill_components(with_weights_layout(other, "replicated", 8))
+    assert "float32 weight copies" not in prefill_components(workload(param_bytes=4, tpu=True, **fsdp8))  # fsdp
