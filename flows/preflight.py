@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 
 from grpo_core.errors import UserError
-from grpo_core.memory import (
-    GIB, Accelerator, MemoryEstimate, Workload, choose_weights_layout, decode_rates, estimate_memory, get_accelerator,
-    with_weights_layout,
-)
+from grpo_core.accelerators import GIB, Accelerator, decode_rates, get_accelerator
+from grpo_core.layout_choice import choose_weights_layout, with_weights_layout
+from grpo_core.memory import MemoryEstimate, Workload, estimate_memory, sampler_view
 from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
 from schemas.run import DerivedBatch, RunConfig
@@ -205,7 +204,7 @@ def format_report(report: PreflightReport) -> str:
     layout = w.weights_layout
     if w.generation_mesh is not None:
         layout += " (sampler mesh " + " ".join(f"{k}={v}" for k, v in w.generation_mesh) + ")"
-    sampler = dataclasses.replace(w, mesh=w.generation_mesh) if w.generation_mesh is not None else w
+    sampler = sampler_view(w)
     lines = [
         f"preflight: {report.config.model.name_or_path} on {acc.name} ({acc.chips} chips x {acc.hbm_gib:g} GiB, "
         f"{acc.hosts} host(s)); mesh {mesh}; rollout weights {layout}",

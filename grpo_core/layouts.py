@@ -21,7 +21,7 @@ mesh whose fsdp axis is 1):
 - "fsdp": the training mesh and params as they are.
 
 Which layouts fit is the memory estimate's question, and on a TPU which of those decodes
-faster a roofline's (`grpo_core.memory.choose_weights_layout`, `decode_step_seconds`).
+faster a roofline's (`grpo_core.layout_choice`).
 """
 from __future__ import annotations
 

@@ -77,14 +77,14 @@ import dataclasses
 import math
 from types import SimpleNamespace
 
+# The slice table lives in grpo_core.accelerators; its names stay importable from here.
+from grpo_core.accelerators import ACCELERATORS, GIB, Accelerator, get_accelerator  # noqa: F401
 from grpo_core.errors import UserError
-from grpo_core.layouts import generation_mesh_shape, tp_size
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import param_logical_axes, param_shapes
 from grpo_core.sampling import bucket, prompt_slots as sampler_prompt_slots
 from grpo_core.sharding import logical_to_spec
 
-GIB = 1024**3
 UPDATE_LOGIT_COPIES = 3  # XLA:CPU (process RSS, benchmarks/memory_check.py)
 # XLA:TPU's buffer assignment holds ONE float32 [mb, M, V] array at the update's peak
 # (SmolLM2, 16x8, 512 new tokens, v6e-8: f32[4,512,49152], 384 MiB).
@@ -93,84 +93,6 @@ DECODE_LOGIT_COPIES = 6
 # XLA:TPU holds the update's float32 gradient accumulator once or twice (assumption 5).
 TPU_ACCUMULATOR_COPIES = 1.5
 OPTIMIZER_MOMENTS = {"lion": 1, "adamw": 2, "sgd": 0}
-# Per chip, from Google's Cloud TPU pages (read 2026-11-29): HBM bandwidth and the ICI
-# bandwidth one chip receives (half the bidirectional figure: v6e 800 GB/s, v5e 400 GB/s,
-# v5p 4,800 Gbps). Used only to rank generation layouts (choose_weights_layout).
-DECODE_RATES = {"v6e": (1638e9, 400e9), "v5e": (819e9, 200e9), "v5": (2765e9, 300e9)}
-# Assumed cost of one small collective inside the decode loop (not measured: no TPU here).
-COLLECTIVE_LATENCY_S = 10e-6
-
-
-@dataclasses.dataclass(frozen=True)
-class Accelerator:
-    """One slice type: chips (= JAX devices) and hosts per slice, HBM per chip, and for TPUs
-    the topology libtpu's compile-only client builds the slice from (grpo_core.aot)."""
-
-    name: str
-    kind: str  # "tpu" | "gpu"
-    chips: int
-    hosts: int
-    hbm_gib: float
-    reserved_gib: float = 0.0
-    usable_fraction: float = 1.0
-    topology: str = ""  # e.g. "v6e:2x4"
-    chip_config: str = "default"
-    host_bounds: tuple[int, int, int] = (1, 1, 1)
-
-    @property
-    def capacity_bytes(self) -> int:
-        """Bytes one device can give our buffers."""
-        return int((self.hbm_gib * self.usable_fraction - self.reserved_gib) * GIB)
-
-
-# 2D slices (v5e, v6e): chips -> topology; a single host holds up to 8 chips, hosts of
-# multi-host slices 4 (2x2). 3D slices (v4, v5p): names count TensorCores (2 per chip, one
-# JAX device per chip in megacore mode), 4 chips per host.
-_GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8"}
-
-
-def _tpu_2d(prefix: str, generation: str, hbm_gib: float) -> list[Accelerator]:
-    out = []
-    for chips, grid in _GRID_2D.items():
-        hosts = 1 if chips <= 8 else chips // 4
-        bounds = {1: (1, 1, 1), 4: (2, 2, 1), 8: (2, 4, 1)}.get(chips, (2, 2, 1))
-        # v6e reports bytes_limit = 31.25 GiB of its 32 GiB; the same reservation is assumed elsewhere.
-        out.append(Accelerator(f"{prefix}-{chips}", "tpu", chips, hosts, hbm_gib, reserved_gib=0.75,
-                               topology=f"{generation}:{grid}", host_bounds=bounds))
-    return out
-
-
-def _tpu_3d(prefix: str, generation: str, hbm_gib: float) -> list[Accelerator]:
-    return [Accelerator(f"{prefix}-{2 * chips}", "tpu", chips, max(1, chips // 4), hbm_gib, reserved_gib=0.75,
-                        topology=f"{generation}:{grid}", chip_config="megacore", host_bounds=(2, 2, 1))
-            for chips, grid in _GRID_3D.items()]
-
-
-def _gpu(name, chips, hbm_gib) -> Accelerator:
-    return Accelerator(name, "gpu", chips, 1, hbm_gib, usable_fraction=0.75)
-
-
-ACCELERATORS: dict[str, Accelerator] = {a.name: a for a in (
-    *_tpu_3d("v4", "v4", 32), *_tpu_2d("v5litepod", "v5e", 16), *_tpu_3d("v5p", "v5", 95),
-    *_tpu_2d("v6e", "v6e", 32),
-    _gpu("h100", 1, 79.6), _gpu("h100-8", 8, 79.6), _gpu("h200", 1, 140.4), _gpu("h200-8", 8, 140.4),
-)}
-# Cloud TPU's own names for v5e slices are v5litepod-N; "v5e-N" is what people type.
-_ALIASES = {f"v5e-{a.chips}": a.name for a in ACCELERATORS.values() if a.name.startswith("v5litepod-")}
-
-
-def get_accelerator(name: str) -> Accelerator:
-    """Table entry for `name` (case-insensitive), or a UserError listing the known names."""
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in ACCELERATORS:
-        tpus = sorted({a.name.rsplit("-", 1)[0] for a in ACCELERATORS.values() if a.kind == "tpu"})
-        raise UserError(
-            f"unknown accelerator {name!r}; use a TPU slice {'/'.join(tpus)} (or v5e) with its size, e.g. "
-            f"v6e-8, v6e-16, v5e-8, v5p-8, v4-8, or a GPU: "
-            f"{', '.join(a.name for a in ACCELERATORS.values() if a.kind == 'gpu')}")
-    return ACCELERATORS[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,14 +265,14 @@ def _kv_cache(w: Workload, rows: int, length: int) -> int:
     return 2 * m.num_hidden_layers * rows * kv_heads * length * m.head_dim * w.param_bytes
 
 
-def _sampler_view(w: Workload) -> Workload:
+def sampler_view(w: Workload) -> Workload:
     """The workload as the sampler sees it: on the generation mesh when there is one."""
     return w if w.generation_mesh is None else dataclasses.replace(w, mesh=w.generation_mesh, generation_mesh=None)
 
 
 def _rollout_base(w: Workload) -> dict[str, int]:
     parts = _resident(w)
-    g = _sampler_view(w)
+    g = sampler_view(w)
     if g is not w:
         # The resharded copy lives beside the training params (which stay resident). Its
         # mesh has fsdp = 1: the decode loop gathers no weights (tp splits them instead).
@@ -370,7 +292,7 @@ def _rollout_base(w: Workload) -> dict[str, int]:
 def prefill_components(w: Workload) -> dict[str, int]:
     """Bytes per device while the sampler prefills the prompts (assumption 7)."""
     parts = _rollout_base(w)
-    w = _sampler_view(w)
+    w = sampler_view(w)
     m, pb, prompts, slots = w.model, w.param_bytes, w.sampler_prompts_per_device, w.prompt_slots
     parts["prompt cache"] = _kv_cache(w, prompts, slots)
     parts["repeated prompt cache"] = _kv_cache(w, prompts * w.group_size, slots)
@@ -386,7 +308,7 @@ def prefill_components(w: Workload) -> dict[str, int]:
 def decode_components(w: Workload) -> dict[str, int]:
     """Bytes per device during a decode step: the cache plus per-step logits and outputs."""
     parts = _rollout_base(w)
-    w = _sampler_view(w)
+    w = sampler_view(w)
     seqs = w.sampler_prompts_per_device * w.group_size
     vocab = w.model.vocab_size // math.gcd(w.model.vocab_size, w.tp)
     parts["sampler buffers"] = DECODE_LOGIT_COPIES * seqs * vocab * 4 + seqs * w.new_tokens * 8
@@ -441,70 +363,3 @@ def estimate_memory(w: Workload, overhead: float = 0.10) -> MemoryEstimate:
         raise UserError(f"optimizer {w.optimizer!r} has no memory model; use one of {sorted(OPTIMIZER_MOMENTS)}")
     phases = {"prefill": prefill_components(w), "decode": decode_components(w), "update": update_components(w)}
     return MemoryEstimate(phases, overhead)
-
-
-def with_weights_layout(w: Workload, layout: str, local_devices: int) -> Workload:
-    """`w` with the sampler on `layout`'s generation mesh (grpo_core.layouts); "fsdp" leaves it as is."""
-    shape = generation_mesh_shape(layout, w.mesh_sizes, w.model, local_devices)
-    same = all(w.mesh_sizes.get(a, 1) == n for a, n in shape.items())  # e.g. one device: nothing to reshard
-    return dataclasses.replace(w, generation_mesh=None if same else tuple(shape.items()))
-
-
-def decode_step_seconds(w: Workload, rates: tuple[float, float], latency: float = COLLECTIVE_LATENCY_S) -> float:
-    """Predicted seconds of one decode step of `w`'s sampler layout, to rank layouts (not a measurement).
-
-    rates: (HBM bytes/s, ICI bytes/s received) per chip. Each chip reads its weights and its
-    whole KV cache once per step; fsdp also all-gathers (n-1)/n of the weights (one
-    collective per layer and one for the [V, D] matrix), tp all-reduces two [rows, D]
-    activations per layer (2(n-1)/n of them; plus the embedding lookup, the split softmax's
-    max and sum and the logits' gather). Perfect overlap of HBM and ICI, plus `latency` per
-    collective. benchmarks/tpu_roofline.py counts the same bytes from the compiled programs.
-    """
-    hbm_rate, ici_rate = rates
-    m, g = w.model, _sampler_view(w)
-    rows = g.sampler_prompts_per_device * w.group_size
-    kv = _kv_cache(g, rows, w.prompt_slots + w.new_tokens)
-    shards, tp = g.mesh_sizes.get("fsdp", 1) * g.tp, g.tp
-    ici, collectives = 0.0, 0
-    if g.mesh_sizes.get("fsdp", 1) > 1:
-        ici += m.num_params * w.param_bytes / tp * (1 - tp / shards)
-        collectives += m.num_hidden_layers + 1
-    weights = m.num_params * w.param_bytes / tp
-    if tp > 1:
-        ici += 2 * m.num_hidden_layers * rows * m.hidden_size * w.param_bytes * 2 * (tp - 1) / tp
-        collectives += 2 * m.num_hidden_layers + 4
-    return max((weights + kv) / hbm_rate, ici / ici_rate) + collectives * latency
-
-
-def choose_weights_layout(w: Workload, capacity_bytes: int, local_devices: int, overhead: float = 0.10,
-                          rates: tuple[float, float] | None = None) -> str:
-    """rollout.weights_layout=auto: of "replicated" (every device holds all the weights beside
-    the resident training state and the KV cache) and "tp" (when it applies to the model),
-    the one whose rollout fits; when both fit, with `rates` (a TPU generation's, from
-    DECODE_RATES) the one with the shorter predicted decode step, without them "replicated".
-    "fsdp" (the training layout) when neither fits."""
-    fitting = []
-    for layout in ("replicated", "tp"):
-        if layout == "tp" and tp_size(w.model, local_devices) == 1:
-            continue
-        g = with_weights_layout(w, layout, local_devices)
-        rollout = MemoryEstimate({"prefill": prefill_components(g), "decode": decode_components(g)}, overhead)
-        if rollout.peak_bytes <= capacity_bytes:
-            fitting.append((layout, g))
-    if not fitting:
-        return "fsdp"
-    if rates is None:
-        return fitting[0][0]
-    return min(fitting, key=lambda pair: decode_step_seconds(pair[1], rates))[0]
-
-
-def tpu_generation(device_kind: str) -> str:
-    """The topology prefix of a TPU's jax device_kind ("TPU v6 lite" -> "v6e"; "" if unknown)."""
-    kind = device_kind.lower().replace("tpu", "").strip()
-    return {"v6 lite": "v6e", "v6e": "v6e", "v5 lite": "v5e", "v5e": "v5e", "v5": "v5", "v5p": "v5",
-            "v4": "v4"}.get(kind, "")
-
-
-def decode_rates(acc: Accelerator) -> tuple[float, float] | None:
-    """(HBM, ICI received) bytes/s per chip of `acc`'s TPU generation; None where not tabled."""
-    return DECODE_RATES.get(acc.topology.split(":")[0]) if acc.kind == "tpu" else None

@@ -22,7 +22,7 @@ from grpo_core.checkpoint import Checkpoints, SaveTimes
 from grpo_core.data import make_prompt_stream
 from grpo_core.errors import UserError
 from grpo_core.layouts import bytes_per_device, generation_mesh, to_generation_layout
-from grpo_core.memory import Accelerator, tpu_generation
+from grpo_core.accelerators import Accelerator, tpu_generation
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
 from grpo_core.sharding import make_mesh

@@ -100,7 +100,7 @@ def test_estimate_within_30_percent_of_measured_rss_on_cpu():
 
 
 def test_generation_layouts_in_the_rollout_estimate():
-    from grpo_core.memory import choose_weights_layout, with_weights_layout
+    from grpo_core.layout_choice import choose_weights_layout, with_weights_layout
 
     m = dataclasses.replace(PRESETS["tiny-qwen2"], vocab_size=264, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                             head_dim=16)
@@ -140,8 +140,9 @@ def test_shipped_configs_choose_their_layout_per_slice():
 
 
 def test_auto_layout_ranks_the_fitting_layouts_by_the_predicted_decode_step():
-    from grpo_core.memory import (COLLECTIVE_LATENCY_S, DECODE_RATES, choose_weights_layout, decode_step_seconds,
-                                  tpu_generation, with_weights_layout)
+    from grpo_core.accelerators import DECODE_RATES, tpu_generation
+    from grpo_core.layout_choice import (COLLECTIVE_LATENCY_S, choose_weights_layout, decode_step_seconds,
+                                         with_weights_layout)
 
     rates = DECODE_RATES["v6e"]
     for name, expected in (("qwen2.5-0.5b", "replicated"), ("qwen2.5-3b", "tp")):
@@ -169,7 +170,7 @@ def test_auto_layout_ranks_the_fitting_layouts_by_the_predicted_decode_step():
 def test_float32_generation_weights_on_tpu_count_xlas_bf16_copies():
     # XLA:TPU converts a float32 generation copy's layer weights to bf16 outside the decode
     # loop and relays out the [V, D] embedding (quickstart_cpu's replicated rollout on v6e-8).
-    from grpo_core.memory import with_weights_layout
+    from grpo_core.layout_choice import with_weights_layout
 
     m = PRESETS["smollm2-135m"]
     fsdp8 = dict(model=m, mesh=(("dp", 1), ("fsdp", 8), ("tp", 1)))
