@@ -17,7 +17,9 @@ so completion lengths differ with the samples (recorded); our update pads prompt
 multiple of 64 plus the full 64 completion tokens, TRL pads to the longest row.
 
 Zero-advantage rows: groups whose rewards are all equal have advantage 0 and, with beta
-0, no gradient; our update leaves them out (grpo_core/row_skip.py), TRL runs them. Each
+0, no gradient; our update leaves them out (grpo_core/row_skip.py), TRL runs them. The
+skip leaves out whole micro-batches, so with it our update runs micro-batches of one group
+(train.micro_batch_size = n; the same gradient, as micro-batching always is). Each
 step records the batch's zero_std_group_fraction and the rows our update ran; our side
 also runs once more with loss.skip_zero_advantage=false (same seeds, so the same first
 batch and nearly the same later ones) for the before/after in the same run.
@@ -48,7 +50,7 @@ def run_config(steps: int, batch_size: int = 4, n: int = 4, max_new_tokens: int 
         "rollout": {"batch_size": batch_size, "n": n, "max_new_tokens": max_new_tokens, "temperature": 1.0},
         "rewards": [{"name": "gsm8k_correct", "weight": 1.0}],
         "loss": {"beta": 0.0, "agg": "token_mean", "skip_zero_advantage": skip},
-        "train": {"steps": steps, "optimizer": {
+        "train": {"steps": steps, "micro_batch_size": n if skip else None, "optimizer": {
             "name": "adamw", "clip_norm": 1.0, "weight_decay": 0.0,
             "lr_schedule": {"type": "constant", "peak_value": LEARNING_RATE, "warmup_steps": 0}}},
         "checkpoint": {"every_steps": 1_000_000},

@@ -1,4 +1,4 @@
-"""Leaving zero-advantage groups out of the update's forward and backward.
+"""Leaving zero-advantage groups out of the update's forward and backward, in one program.
 
 With beta = 0 (no KL term) and every token in the policy-gradient term (no entropy-based
 token selection), a row whose advantage is 0 contributes exactly 0 to the loss and its
@@ -7,15 +7,16 @@ ratio) is a multiple of the advantage. A row without valid tokens (batch padding
 truncated completion under loss.mask_truncated) contributes nothing either. GRPO gives a
 whole group 0 when its rewards are all equal, which is often half of a small batch.
 
-`compact_batch` runs on the host before the batch is sharded: it keeps the groups with
-any informative row (in their order), fills up to a bucketed row count with other groups
-whose completion mask and advantages are zeroed, and adds `row_tokens_b`: the valid-token
-count of every row of the FULL batch, from which the train step computes the loss's
-denominator (token_mean still divides by all valid tokens of the step). Buckets: the
-full micro-batch size times 1..M micro-batches, then one micro-batch of half, a quarter,
-... of it, keeping whole groups; so a run compiles the update for at most
-M + log2(micro-batch rows) shapes, not one per step. The summed gradient equals the full
-update's up to float32 summation order.
+The unit skipped is the micro-batch (train.micro_batch_size). `arrange_batch` runs on the
+host before the batch is sharded: it moves the groups with an informative row into the
+micro-batches that run first and returns how many micro-batches hold one (k). The update
+keeps the batch's full shape and runs its micro-batch loop k times (a trip count passed as
+an argument), so every step runs the SAME compiled program whatever k is: one update
+program per prompt width, as without the skip (issue 18's compile budget). The batch is
+only reordered, so the loss's normaliser is the full step's, computed in the program as
+always; the summed gradient equals the full update's up to float32 summation order.
+A step with one micro-batch (micro_batch_size = sequences per device) skips only when no
+group is informative; smaller micro-batches let it skip in steps of one micro-batch.
 """
 from __future__ import annotations
 
@@ -34,45 +35,42 @@ def informative_groups(batch: dict, group_size: int) -> np.ndarray:
     return rows.reshape(-1, group_size).any(axis=1)
 
 
-def bucket_shapes(rows: int, shards: int, micro_batches: int, group_size: int) -> list[tuple[int, int]]:
-    """(rows, micro-batches) a compacted batch of this process may take, fewest rows first.
+def slot_last_micro_batch(rows: int, group_size: int, micro_batches: int, chunk: int) -> np.ndarray:
+    """int [G]: the last micro-batch each group position of a process's rows falls into.
 
-    rows: this process's full batch; shards: its batch shards (devices / tp)."""
-    per_micro = rows // (shards * micro_batches)  # rows per shard per micro-batch
-    shapes = {(shards * per_micro * m, m) for m in range(1, micro_batches + 1)}
-    smaller = per_micro
-    while smaller % 2 == 0:
-        smaller //= 2
-        shapes.add((shards * smaller, 1))
-    return sorted(s for s in shapes if s[0] % group_size == 0)
+    The update splits the batch into `micro_batches` by chunks of `chunk` consecutive rows
+    (chunk c goes to micro-batch c mod M; train_step._split_micro_batches). A process's
+    rows start at a chunk index that is a multiple of M, so the local index gives the same
+    micro-batch as the global one."""
+    micro_of_row = (np.arange(rows) // chunk) % micro_batches
+    return micro_of_row.reshape(rows // group_size, group_size).max(axis=1)
 
 
-def micro_batches_of(rows: int, full_rows: int, shards: int, micro_batches: int) -> int:
-    """Micro-batches of a batch of `rows` compacted from `full_rows` (see bucket_shapes)."""
-    per_micro = full_rows // (shards * micro_batches)
-    return max(1, rows // (shards * per_micro))
+def micro_batches_needed(groups: int, slot_last: np.ndarray) -> int:
+    """Micro-batches that must run when `groups` informative groups take the group positions
+    that end earliest (see arrange_batch)."""
+    if groups <= 0:
+        return 0
+    return int(np.sort(slot_last, kind="stable")[min(groups, slot_last.size) - 1]) + 1
 
 
-def compact_batch(batch: dict, group_size: int, shards: int, micro_batches: int,
+def arrange_batch(batch: dict, group_size: int, micro_batches: int, chunk: int,
                   min_groups: int = 0) -> tuple[dict, int]:
-    """The rows of `batch` the update needs to run, and how many rows that is.
+    """(this process's rows reordered, micro-batches to run).
 
-    batch: this process's rows (numpy, groups contiguous). min_groups: run at least this
-    many groups (every process must compile the same shape: pass the largest informative
-    group count over processes). Returns the batch unchanged when no bucket is smaller.
-    """
+    batch: numpy, groups of `group_size` contiguous rows. The informative groups (in their
+    order) take the group positions whose rows end in the earliest micro-batches, the others
+    fill the rest; groups stay whole and contiguous. min_groups: run at least the
+    micro-batches that this many informative groups would need (with several processes: the
+    largest `informative_groups` count of any process, so all run the same trip count)."""
     rows = batch["tokens_bt"].shape[0]
     keep = informative_groups(batch, group_size)
-    need = max(int(keep.sum()), int(min_groups), 1) * group_size
-    bucket = next(r for r, _ in bucket_shapes(rows, shards, micro_batches, group_size) if r >= need)
-    if bucket >= rows:
-        return batch, rows
-    order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])[: bucket // group_size]
-    index = (order[:, None] * group_size + np.arange(group_size)).reshape(-1)
-    out = {k: np.asarray(v)[index] for k, v in batch.items()}
-    filler = np.repeat(~keep[order], group_size)
-    out["completion_mask_bt"] = np.where(filler[:, None], 0, out["completion_mask_bt"]).astype(
-        out["completion_mask_bt"].dtype)
-    out["advantages_b"] = np.where(filler, 0.0, out["advantages_b"]).astype(np.float32)
-    out["row_tokens_b"] = row_tokens(batch["completion_mask_bt"])
-    return out, bucket
+    slot_last = slot_last_micro_batch(rows, group_size, micro_batches, chunk)
+    run = micro_batches_needed(max(int(keep.sum()), int(min_groups)), slot_last)
+    if keep.all():
+        return batch, run
+    slots = np.argsort(slot_last, kind="stable")
+    group_at_slot = np.empty(keep.size, np.int64)
+    group_at_slot[slots] = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])
+    index = (group_at_slot[:, None] * group_size + np.arange(group_size)).reshape(-1)
+    return {k: np.asarray(v)[index] for k, v in batch.items()}, run

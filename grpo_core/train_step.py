@@ -29,11 +29,12 @@ forward of `ref_params` per micro-batch in the first epoch, kept likewise.
 (loss.tis_cap).
 
 Zero-advantage rows: when exact (beta = 0, no entropy-based token selection),
-`shard_batch` leaves the groups whose advantages are all 0 out (grpo_core/row_skip.py):
-the batch then has fewer rows (a bucketed count) and `row_tokens_b`, the FULL batch's
-valid tokens per row, which the denominator is computed from. The micro-batch size stays;
-a smaller batch runs fewer micro-batches (or one smaller one). Token-mean metrics
-(entropy, clip fractions, ratio) are then over the rows that ran.
+`shard_batch` moves the groups whose advantages are all 0 behind the others
+(grpo_core/row_skip.py) and adds "micro_batches_run" (a replicated int32 scalar): the
+update's micro-batch loop then runs that many micro-batches instead of all of them. The
+batch keeps its shape, so one compiled program serves every step; the normaliser is the
+whole step's as always. Token-mean metrics (entropy, clip fractions, ratio) are then over
+the micro-batches that ran.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ from grpo_core.models.decoder import KVCache, forward, logits_from_hidden
 from grpo_core.sharding import batch_sharding, batch_shards, constrain, replicated
 
 REQUIRED_KEYS = ("tokens_bt", "positions_bt", "attn_mask_bt", "completion_mask_bt", "advantages_b")
-OPTIONAL_KEYS = ("old_logps_bt", "ref_logps_bt", "sampler_logps_bt", "row_tokens_b")
+OPTIONAL_KEYS = ("old_logps_bt", "ref_logps_bt", "sampler_logps_bt")
+RUN_KEY = "micro_batches_run"  # the zero-advantage skip's trip count (module doc)
 # policy_loss metrics that are token means; combined over micro-batches weighted by tokens.
 _TOKEN_MEAN_METRICS = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean",
                        "pg_loss", "kl", "entropy", "entropy_selected_frac", "tis_weight_mean")
@@ -213,7 +215,10 @@ class Trainer:
 
     def lower(self, params, opt_state, batch: dict, ref_params=None):
         """The step's program lowered for these (possibly abstract) inputs, e.g. to compile it
-        for a device that is not here (grpo_core.aot); `step` runs the same program."""
+        for a device that is not here (grpo_core.aot); `step` runs the same program (with the
+        skip's trip count added as `shard_batch` adds it)."""
+        if self._skips(batch["tokens_bt"].shape[0] // jax.process_count()) and RUN_KEY not in batch:
+            batch = dict(batch, **{RUN_KEY: jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(self.mesh))})
         self._check_batch(batch, ref_params)
         return self._compile(params, opt_state).lower(params, opt_state, batch, ref_params)
 
@@ -223,53 +228,56 @@ class Trainer:
             return local_batch["tokens_bt"].shape[0] // self.group_size
         return int(row_skip.informative_groups(local_batch, self.group_size).sum())
 
+    def _skips(self, local_rows: int) -> bool:
+        """Whether this process's batch of `local_rows` gets the zero-advantage skip."""
+        local_shards = batch_shards(self.mesh) // jax.process_count()
+        return (self.skip_zero_advantage and local_rows % (local_shards * self.micro_batches) == 0
+                and local_rows % self.group_size == 0)
+
     def shard_batch(self, local_batch: dict, min_groups: int = 0) -> dict:
         """Global arrays sharded over the batch axes from this process's rows [B_local, ...].
 
-        Leaves out zero-advantage groups when that is exact (module doc); min_groups: run at
-        least that many groups (with several processes: the largest `informative_groups`
-        of any process, so all run the same shape). With group_size > 1 and score_last,
-        checks that each group's rows share their prompt columns (the shared-prompt
-        forward relies on it)."""
-        local_shards = batch_shards(self.mesh) // jax.process_count()
+        When the zero-advantage skip is exact (module doc) the groups are reordered so that
+        the informative ones come first in micro-batch order, and RUN_KEY says how many
+        micro-batches to run; min_groups: run at least as many as that many informative
+        groups need (with several processes: the largest `informative_groups` of any
+        process, so all run the same count). With group_size > 1 and score_last, checks that
+        each group's rows share their prompt columns (the shared-prompt forward relies on it)."""
         rows = local_batch["tokens_bt"].shape[0]
-        if self.skip_zero_advantage and rows % (local_shards * self.micro_batches) == 0 and rows % self.group_size == 0:
-            local_batch, _ = row_skip.compact_batch(local_batch, self.group_size, local_shards,
-                                                    self.micro_batches, min_groups)
+        run = None
+        if self._skips(rows):
+            chunk = self._shared_group(rows * jax.process_count())
+            local_batch, run = row_skip.arrange_batch(local_batch, self.group_size, self.micro_batches, chunk,
+                                                      min_groups)
         if self.group_size > 1 and self.score_last is not None:
             width = local_batch["tokens_bt"].shape[1]
             check_groups_share_prompts(local_batch, self.group_size, width - min(self.score_last, width - 1))
-        return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
-                for k, v in local_batch.items() if k in REQUIRED_KEYS + OPTIONAL_KEYS}
+        out = {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
+               for k, v in local_batch.items() if k in REQUIRED_KEYS + OPTIONAL_KEYS}
+        if run is not None:
+            out[RUN_KEY] = jax.make_array_from_process_local_data(replicated(self.mesh), np.asarray(run, np.int32))
+        return out
 
     def step(self, params, opt_state, batch: dict, ref_params=None):
         """One training step. params and opt_state are donated: use the returned ones.
 
         batch: tokens_bt, positions_bt, attn_mask_bt, completion_mask_bt [B, T] and
-        advantages_b [B] (optionally old_logps_bt, ref_logps_bt [B, T]), global arrays
-        (see `shard_batch`). ref_params: frozen reference, needed when beta > 0 and the
+        advantages_b [B] (optionally old_logps_bt, ref_logps_bt [B, T], and RUN_KEY), global
+        arrays (see `shard_batch`). ref_params: frozen reference, needed when beta > 0 and the
         batch has no ref_logps_bt. Returns (params, opt_state, metrics of device scalars).
         """
-        micro_batches = self._micro_batches_of(batch)
-        self._check_batch(batch, ref_params, micro_batches)
+        self._check_batch(batch, ref_params)
         if self._compiled is None:
             self._compiled = self._compile(params, opt_state)
-        return self._compiled(params, opt_state, batch, ref_params, micro_batches=micro_batches)
+        return self._compiled(params, opt_state, batch, ref_params)
 
-    def _micro_batches_of(self, batch: dict) -> int:
-        if "row_tokens_b" not in batch:
-            return self.micro_batches
-        return row_skip.micro_batches_of(batch["tokens_bt"].shape[0], batch["row_tokens_b"].shape[0],
-                                         batch_shards(self.mesh), self.micro_batches)
-
-    def _check_batch(self, batch: dict, ref_params, micro_batches: int | None = None) -> None:
+    def _check_batch(self, batch: dict, ref_params) -> None:
         missing = [k for k in REQUIRED_KEYS if k not in batch]
         if missing:
             raise ValueError(f"train batch lacks {missing}")
-        rows, micro_batches = batch["tokens_bt"].shape[0], micro_batches or self.micro_batches
-        shards = micro_batches * batch_shards(self.mesh)
+        rows, shards = batch["tokens_bt"].shape[0], self.micro_batches * batch_shards(self.mesh)
         if rows % shards:
-            raise ValueError(f"{rows} sequences do not split into {micro_batches} micro-batches "
+            raise ValueError(f"{rows} sequences do not split into {self.micro_batches} micro-batches "
                              f"x {batch_shards(self.mesh)} batch shards; use a multiple of {shards}")
         if self.loss_kwargs["beta"] > 0 and "ref_logps_bt" not in batch and ref_params is None:
             raise ValueError("loss.beta > 0 needs ref_params or batch['ref_logps_bt']")
@@ -280,29 +288,25 @@ class Trainer:
         """jit with outputs sharded exactly like the donated inputs, so buffers are reused."""
         shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
         param_shardings = shardings(params)
-        def train_step(p, s, b, r, micro_batches=self.micro_batches):  # the name jax reports its compiles under (grpo_core.compiles)
-            return self._update(p, s, b, r, param_shardings, micro_batches)
+        def train_step(p, s, b, r):  # the name jax reports its compiles under (grpo_core.compiles)
+            return self._update(p, s, b, r, param_shardings)
 
-        return jax.jit(train_step, donate_argnums=(0, 1), static_argnames=("micro_batches",),
-                       out_shardings=(param_shardings, shardings(opt_state), None))
+        return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(param_shardings, shardings(opt_state), None))
 
     # ---- traced ----------------------------------------------------------------------
 
-    def _update(self, params, opt_state, batch, ref_params, param_shardings, micro_batches: int):
+    def _update(self, params, opt_state, batch, ref_params, param_shardings):
         """All epochs of one step; returns (params, opt_state, metrics)."""
         mask = batch["completion_mask_bt"].astype(jnp.float32).at[:, 0].set(0.0)
         batch = dict(batch, completion_mask_bt=mask)
-        # Compacted batch (row_skip): the denominator of the FULL batch, from its rows' token counts
-        # (every aggregation's denominator is a sum over rows of the count or of count > 0).
-        full = batch.pop("row_tokens_b", None)
-        den = loss_denominator(self.loss_kwargs["agg"], mask if full is None else full[:, None],
-                               self.loss_kwargs["max_completion_length"])
-        group = self._shared_group(mask.shape[0], micro_batches)
-        mbs = _split_micro_batches(batch, micro_batches, group)
+        run = batch.pop(RUN_KEY, None)  # the zero-advantage skip's trip count (module doc)
+        den = loss_denominator(self.loss_kwargs["agg"], mask, self.loss_kwargs["max_completion_length"])
+        group = self._shared_group(mask.shape[0])
+        mbs = _split_micro_batches(batch, self.micro_batches, group)
         per_epoch = []
         for epoch in range(self.ppo_epochs):
             keep = epoch == 0 and self.ppo_epochs > 1
-            grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep, group)
+            grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep, group, run)
             mbs.update(kept)
             grad_norm = optax.tree.norm(grads)
             # Accumulated in float32; handed to the optimizer in the params' dtype so its
@@ -313,34 +317,48 @@ class Trainer:
             per_epoch.append(dict(metrics, grad_norm=grad_norm))
         metrics = {k: sum(m[k] for m in per_epoch) / self.ppo_epochs for k in per_epoch[0]}
         metrics["tokens"] = jnp.sum(mask)
-        metrics["rows_run"] = jnp.float32(mask.shape[0])
-        metrics["rows_total"] = jnp.float32(mask.shape[0] if full is None else full.shape[0])
+        rows = mask.shape[0]
+        metrics["rows_run"] = jnp.float32(rows) if run is None else (run * (rows // self.micro_batches)).astype(jnp.float32)
+        metrics["rows_total"] = jnp.float32(rows)
         return params, opt_state, metrics
 
-    def _shared_group(self, rows: int, micro_batches: int | None = None) -> int:
+    def _shared_group(self, rows: int) -> int:
         """How many consecutive rows share one prompt forward: gcd(group_size, rows per device
         per micro-batch). Such a run of rows lies inside one GRPO group and on one device, so
         each device runs one prompt per run of its own rows; a whole group when the device
         holds it, else part of one (e.g. 4 rows of a group of 8 on v6e-8 with 4 rows per
         device: prompt FLOPs / 4). 1 = no sharing."""
-        n, m, shards = self.group_size, micro_batches or self.micro_batches, batch_shards(self.mesh)
+        n, m, shards = self.group_size, self.micro_batches, batch_shards(self.mesh)
         if n <= 1 or self.score_last is None or rows % (m * shards):
             return 1
         return math.gcd(n, rows // (m * shards))
 
-    def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep, group: int = 1):
-        """Gradient (float32) and token-weighted metrics summed over the micro-batches."""
-        def body(carry, mb):
-            grads, sums = carry
+    def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep, group: int = 1, run=None):
+        """Gradient (float32) and token-weighted metrics summed over the micro-batches: all of
+        them, or the first `run` (a traced trip count: the zero-advantage skip)."""
+        def micro_step(grads, sums, mb):
             (loss, (metrics, kept)), g = jax.value_and_grad(self._loss, has_aux=True)(
                 params, mb, den, ref_params, group)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-            sums = _add_metrics(sums, loss, metrics)
-            return (grads, sums), (kept if keep else {})
+            return grads, _add_metrics(sums, loss, metrics), (kept if keep else {})
 
         zeros = jax.tree.map(lambda p, s: jax.lax.with_sharding_constraint(
             jnp.zeros(p.shape, jnp.float32), s), params, param_shardings)
-        (grads, sums), kept = jax.lax.scan(body, (zeros, self._zero_sums()), mbs)
+        if run is None:
+            def body(carry, mb):
+                grads, sums, kept = micro_step(*carry, mb)
+                return (grads, sums), kept
+            (grads, sums), kept = jax.lax.scan(body, (zeros, self._zero_sums()), mbs)
+        else:
+            first = jax.tree.map(lambda x: x[0], mbs)
+            shapes = jax.eval_shape(lambda: micro_step(zeros, self._zero_sums(), first)[2])
+            kept = jax.tree.map(lambda s: jnp.zeros((self.micro_batches, *s.shape), s.dtype), shapes)
+
+            def body(i, carry):
+                grads, sums, kept = carry
+                grads, sums, new = micro_step(grads, sums, jax.tree.map(lambda x: x[i], mbs))
+                return grads, sums, jax.tree.map(lambda buf, x: buf.at[i].set(x), kept, new)
+            grads, sums, kept = jax.lax.fori_loop(0, run, body, (zeros, self._zero_sums(), kept))
         tokens = jnp.maximum(sums.pop("tokens"), 1.0)
         metrics = {k: (v if k == "loss" else v / tokens) for k, v in sums.items()}
         return grads, metrics, kept

@@ -88,7 +88,10 @@ class LossSection(Section):
     skip_zero_advantage: bool = Field(
         True,
         description="Leave groups whose advantages are all 0 out of the update's forward/backward "
-        "when that is exact (beta = 0, top_entropy_quantile = 1); the normaliser still counts them.",
+        "when that is exact (beta = 0, top_entropy_quantile = 1), a micro-batch at a time: informative groups "
+        "move into the first micro-batches and the rest are not run (one compiled program; set "
+        "train.micro_batch_size below the sequences per device to skip more finely). The normaliser still "
+        "counts them.",
         json_schema_extra=NEW_OPTION,
     )
 

@@ -228,7 +228,7 @@ class TrainSession(RunPlan):
         """One train step on this process's rows; advances params_version. Returns float metrics."""
         if self.params_version != step:
             raise RuntimeError(f"update of step {step} on params of version {self.params_version}")
-        # Every process must run the same (bucketed) number of groups when zero-advantage ones are skipped.
+        # Every process must run the same number of micro-batches when zero-advantage groups are skipped.
         min_groups = global_max(self.trainer.informative_groups(batch_np)) if self.num_processes > 1 else 0
         batch = self.trainer.shard_batch(batch_np, min_groups)
         params, opt_state, metrics = self.trainer.step(self.params, self.opt_state, batch, self.ref_params)
