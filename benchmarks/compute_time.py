@@ -27,6 +27,7 @@ and the metrics.jsonl / summary.json they write:
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import os
 import statistics
@@ -45,7 +46,10 @@ QUICKSTART = ROOT / "configs" / "quickstart_cpu.yaml"
 GSM8K_LIKE = ["model.name_or_path=tiny-llama", "model.init=random", "model.tokenizer=byte", "model.dtype=float32",
               "data.difficulty=3", "data.num_train=1600", "data.system_prompt=null", "rollout.batch_size=16",
               "rollout.n=2", "rollout.max_new_tokens=16", "rollout.max_prompt_tokens=256", "rollout.temperature=1.0",
-              "train.steps=100", "checkpoint.every_steps=50"]
+              "train.steps=100", "checkpoint.every_steps=50",
+              # a random model never answers right; stating any number varies within a group, so
+              # the zero-advantage skip runs a different number of micro-batches from step to step
+              "rewards=[{name: gsm8k_correct, weight: 1.0}, {name: states_number, weight: 0.5}]"]
 
 
 def train(config: Path, run_dir: Path, sets: list[str]) -> dict:
@@ -127,6 +131,8 @@ def compile_rows(work: Path) -> dict:
         "pad_prompt_ratio_mean": summary.get("pad_prompt_ratio_mean"),
         "pad_update_ratio_mean": summary.get("pad_update_ratio_mean"),
         "wall_s": run["wall_s"],
+        "rows_run_per_step": {str(k): v for k, v in sorted(Counter(int(r["rows_run"]) for r in run["records"]
+                                                                     if "rows_run" in r).items())},
     }
 
 
@@ -191,7 +197,8 @@ def markdown(results: dict) -> str:
             {phase: row["programs"] for phase, row in c["compiles"].items()}),
             f"prompt widths {c['prompt_widths']} (earlier buckets: sampler {c['old_sampler_widths']}, "
             f"update {c['old_update_widths']}); bucket padding {c['bucket_pad_ratio']:.3f} of real prompt tokens, "
-            f"prompt padding {c['pad_prompt_ratio_mean']:.3f}, update padding {c['pad_update_ratio_mean']:.3f}", ""]
+            f"prompt padding {c['pad_prompt_ratio_mean']:.3f}, update padding {c['pad_update_ratio_mean']:.3f}",
+            f"update rows run per step (zero-advantage skip) -> steps: {c.get('rows_run_per_step')}", ""]
     if "widths" in results:
         lines += ["| 100 steps x 16 prompts | prompt tokens min/median/max | widths now | bucket padding now | "
                   "earlier: sampler widths | earlier: update widths | earlier update bucket padding |",
