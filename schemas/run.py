@@ -125,7 +125,9 @@ def _resolve_batch(cfg: RunConfig, num_processes: int, shards: int) -> int:
 
 
 def _micro_batch(cfg: RunConfig, per_device: int) -> int:
-    micro = cfg.train.micro_batch_size or per_device
+    # At most micro_batch_size: a config sized for one CPU (the quickstart's 8) runs whole on a
+    # slice whose devices hold fewer sequences.
+    micro = min(cfg.train.micro_batch_size or per_device, per_device)
     if per_device % micro:
         divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
         raise UserError(

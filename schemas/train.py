@@ -37,7 +37,8 @@ class TrainSection(Section):
     steps: int = Field(100, ge=1, le=10_000_000, description="Training steps (each = rollout, reward, advantage, update).")
     ppo_epochs: int = Field(1, ge=1, le=64, description="Optimisation passes over each step's batch.")
     micro_batch_size: int | None = Field(
-        None, ge=1, description="Sequences per batch shard (device group) per micro-batch; null = all at once."
+        None, ge=1, description="Sequences per batch shard (device group) per micro-batch, at most (a shard holding fewer "
+        "runs them at once); must divide the sequences per shard; null = all at once."
     )
     seed: int = Field(0, ge=0, description="Seed of parameter init (random models), sampling and shuffling.")
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection, description="Optimizer and schedule.")

@@ -103,6 +103,13 @@ def test_micro_batch_must_divide_per_device_sequences():
         cfg.derive(1, 1)
 
 
+def test_micro_batch_size_is_an_upper_bound_per_device():
+    # the quickstart's 8 sequences per micro-batch on one CPU device, and on a v6e-8 (2 per device)
+    cfg = build_run_config({}, ["rollout.batch_size=4", "rollout.n=4", "train.micro_batch_size=8"])
+    assert (cfg.derive(1, 1).micro_batch_size, cfg.derive(1, 1).grad_accum_steps) == (8, 2)
+    assert (cfg.derive(1, 8).micro_batch_size, cfg.derive(1, 8).grad_accum_steps) == (2, 1)
+
+
 def test_explicit_mesh_shape_must_match_devices():
     cfg = build_run_config({}, ["mesh.shape={dp: 2, fsdp: 2, tp: 2}"])
     assert cfg.derive(1, 8).batch_shards == 4
