@@ -230,18 +230,21 @@ def _generate_impl(params, tokens_pt, mask_pt, seed, cfg, spec: SamplingSpec, me
 
 _generate_jit = jax.jit(_generate_impl, static_argnames=("cfg", "spec", "mesh"))
 # XLA:CPU's own dot emitter instead of its YNNPACK fusions, for sampler programs compiled for
-# CPU devices only: a decode step multiplies 16-ish rows by each weight matrix, where the
-# YNNPACK fusions measured 22-26% slower per step on an AVX2-only host (AMD EPYC Zen 1) and
-# no faster on an AVX-512 one (benchmarks/RESULTS.md, "Rollout on CPU: the dot emitter").
-# The update (hundreds of rows per matmul) keeps the default: the same FLOP/s either way.
+# CPU devices that decode at least CPU_XLA_DOTS_MIN_ROWS rows per batch shard: on an AVX2-only
+# host (AMD EPYC Zen 1) a decode step took 1.17-1.29x less time with them at 8 and 16 rows, but
+# 2.6x more at 2 rows (benchmarks/RESULTS.md, "Rollout on CPU: the dot emitter"); the
+# 2026-11-26 AVX-512 host measured no change at 8-16 rows. The update keeps the default.
 CPU_SAMPLER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+CPU_XLA_DOTS_MIN_ROWS = 8
 _generate_jit_cpu = jax.jit(_generate_impl, static_argnames=("cfg", "spec", "mesh"),
                             compiler_options=CPU_SAMPLER_OPTIONS)
 
 
-def sampler_program(mesh):
-    """The jitted sampler for the platform of the devices it runs on (`mesh`)."""
-    return _generate_jit_cpu if _platforms(mesh) == {"cpu"} else _generate_jit
+def sampler_program(mesh, rows: int, n: int = 1):
+    """The jitted sampler for the platform of the devices it runs on (`mesh`) and the rows it
+    decodes (`rows` prompt rows x `n` samples, over the mesh's batch shards)."""
+    per_shard = rows * n // batch_shards(mesh)
+    return _generate_jit_cpu if _platforms(mesh) == {"cpu"} and per_shard >= CPU_XLA_DOTS_MIN_ROWS else _generate_jit
 
 
 def prompt_slots(longest_prompt: int) -> int:
@@ -357,7 +360,8 @@ def lower_generate(model, num_prompts: int, longest_prompt: int, mesh, **spec_ar
     mask = jax.ShapeDtypeStruct((rows, width), jnp.bool_, sharding=batch_sharding(mesh))
     spec = sampling_spec(model, mesh=mesh, **spec_args)
     seed = jax.ShapeDtypeStruct((), jnp.uint32, sharding=replicated(mesh))
-    return sampler_program(mesh).lower(model.params, tokens, mask, seed, cfg=model.config, spec=spec, mesh=mesh)
+    return sampler_program(mesh, rows, spec.n).lower(model.params, tokens, mask, seed, cfg=model.config, spec=spec,
+                                                      mesh=mesh)
 
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
@@ -375,8 +379,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     tokens, mask, spec, mesh = generate_inputs(model, prompts, max_new_tokens, temperature, top_p, top_k,
                                                stop_at_eos, n, mesh, unroll_layers, heads_major)
     # The seed is a traced (host, replicated) argument so a new seed does not recompile.
-    *out, steps = sampler_program(mesh)(model.params, tokens, mask, np.uint32(seed), cfg=model.config, spec=spec,
-                                        mesh=mesh)
+    program = sampler_program(mesh, tokens.shape[0], spec.n)
+    *out, steps = program(model.params, tokens, mask, np.uint32(seed), cfg=model.config, spec=spec, mesh=mesh)
     tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)
     return _result(tok_bt, lp_bt, lengths, int(steps.addressable_data(0)), spec)
 

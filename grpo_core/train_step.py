@@ -350,8 +350,9 @@ class Trainer:
                 return (grads, sums), kept
             (grads, sums), kept = jax.lax.scan(body, (zeros, self._zero_sums()), mbs)
         else:
+            # Buffers for the log-probs kept across epochs (traced for their shapes only when kept).
             first = jax.tree.map(lambda x: x[0], mbs)
-            shapes = jax.eval_shape(lambda: micro_step(zeros, self._zero_sums(), first)[2])
+            shapes = jax.eval_shape(lambda: micro_step(zeros, self._zero_sums(), first)[2]) if keep else {}
             kept = jax.tree.map(lambda s: jnp.zeros((self.micro_batches, *s.shape), s.dtype), shapes)
 
             def body(i, carry):

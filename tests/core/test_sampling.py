@@ -186,16 +186,17 @@ def test_greedy_matches_hf_generate(name):
 
 
 def test_cpu_sampler_programs_use_xla_dots_not_ynnpack_fusions(model):
-    """The sampler compiled for CPU devices drops the YNNPACK dot fusions (faster decode on
-    AVX2 hosts, benchmarks/RESULTS.md); the option follows the mesh's platform, so a TPU
+    """The sampler compiled for CPU devices that decode 8 rows or more drops the YNNPACK dot
+    fusions (faster decode on AVX2 hosts, benchmarks/RESULTS.md); the option follows the mesh's platform, so a TPU
     program (grpo preflight --compile) is compiled with XLA:TPU's defaults."""
     from grpo_core.sampling import _generate_jit, generate_inputs, sampler_program
 
-    tokens, mask, spec, mesh = generate_inputs(model, [[3, 4, 5]] * 4, 8)
+    tokens, mask, spec, mesh = generate_inputs(model, [[3, 4, 5]] * 8, 8)
 
     def compiled_text(program):
         return program.lower(model.params, tokens, mask, np.uint32(0), cfg=model.config, spec=spec,
                              mesh=mesh).compile().as_text()
 
     assert "__ynn_fusion" in compiled_text(_generate_jit)  # the default CPU compile has them
-    assert "__ynn_fusion" not in compiled_text(sampler_program(mesh))
+    assert "__ynn_fusion" not in compiled_text(sampler_program(mesh, 8))
+    assert sampler_program(mesh, 2) is _generate_jit  # 2 rows: the YNNPACK fusions were faster
