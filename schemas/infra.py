@@ -35,6 +35,10 @@ class CheckpointSection(Section):
         True, description="Write checkpoints in the background (the step waits only for the copy off the device; "
         "the run waits for the last write before it ends); false = the update phase waits for the whole write.",
     )
+    compress: bool = Field(
+        False, description="zstd-compress the saved arrays: ~7-12% smaller float32 checkpoints for ~3 s of CPU "
+        "per GB written, taken from training while a background write runs. Checkpoints restore either way.",
+    )
 
 
 class WandbSection(Section):

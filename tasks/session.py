@@ -169,7 +169,8 @@ class TrainSession(RunPlan):
         self.opt_state = self.trainer.init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
         self.checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
-                                       asynchronous=cfg.checkpoint.asynchronous, before_commit=_checkpoint_fault)
+                                       asynchronous=cfg.checkpoint.asynchronous, before_commit=_checkpoint_fault,
+                                       compress=cfg.checkpoint.compress)
         self.weights_layout = resolve_weights_layout(cfg, self.mesh)
         self.generation_mesh = generation_mesh(self.mesh, self.weights_layout, self.model_cfg, jax.local_device_count())
         self.reshard_stats: dict[str, float] = {}

@@ -88,3 +88,29 @@ def test_a_process_that_exits_with_a_save_in_flight_commits_it_first(tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert Checkpoints(tmp_path, read_only=True).steps() == [1]
+
+
+def _bytes_on_disk(path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_arrays_are_written_uncompressed_unless_asked_and_restore_either_way(tmp_path, compress):
+    params = {"w": jnp.zeros((1024, 1024), jnp.float32), "b": jnp.arange(32, dtype=jnp.float32)}
+    opt_state = {"mu": jax.tree.map(jnp.zeros_like, params), "count": jnp.int32(5)}
+    writer = Checkpoints(tmp_path, compress=compress)
+    writer.save(1, params, opt_state, {"next_step": 1})
+    writer.wait()
+    size = _bytes_on_disk(tmp_path / "1")
+    raw = 2 * 4 * 1024 * 1024  # w and mu: 4 MiB of zeros each
+    assert (size < raw / 8) if compress else (size >= raw), size
+    for reader in (writer, Checkpoints(tmp_path, read_only=True)):
+        restored, restored_opt, meta = reader.restore(1, params, opt_state)
+        assert meta["next_step"] == 1
+        for ours, theirs in zip(_host(restored) + _host(restored_opt), _host(params) + _host(opt_state)):
+            np.testing.assert_array_equal(ours, theirs)
+    for reader in (writer, Checkpoints(tmp_path, read_only=True)):  # restore_params: a fresh reader each
+        only_params, meta = reader.restore_params(1, params)
+        assert meta["next_step"] == 1
+        np.testing.assert_array_equal(np.asarray(only_params["b"]), np.asarray(params["b"]))
+    writer.close()
