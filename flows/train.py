@@ -25,7 +25,7 @@ from prefect.context import SyncClientContext
 from flows.console import run_logs_to_prefect
 from flows.observe import RunObserver
 from schemas.run import RunConfig
-from tasks import phases
+from tasks import phases, warm_start
 from tasks.cache import PhaseInput, cache_options, cached_manifest, config_digest, drop_if_broken, dump_without
 from tasks.multihost import all_processes
 from tasks.session import RunLock, RunPlan, TrainSession, get_session
@@ -139,20 +139,27 @@ async def train_flow(config: RunConfig, run_dir: str = "runs/default") -> dict:
     """Train for `config.train.steps` steps in `run_dir`, resuming whatever is already there."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with run_logs_to_prefect():
-        lock = RunLock(Path(run_dir), jax.process_index())
-        try:
-            summary = finished_summary(config, Path(run_dir))
-        finally:
-            lock.release()
+        # A session opened ahead (tasks/warm_start.py) was opened for a run with steps left.
+        summary = None if warm_start.pending(run_dir) else locked_finished_summary(config, Path(run_dir))
         if summary is not None:
             logger.info("nothing to do: %d steps already trained", summary["steps"])
             return summary
         return await _train(config, Path(run_dir))
 
 
+def locked_finished_summary(config: RunConfig, run_dir: Path) -> dict | None:
+    """`finished_summary` under the run directory's lock (no run may be writing it)."""
+    lock = RunLock(run_dir, jax.process_index())
+    try:
+        return finished_summary(config, run_dir)
+    finally:
+        lock.release()
+
+
 async def _train(config: RunConfig, run_dir: Path) -> dict:
-    opened = time.perf_counter()
-    session = TrainSession.open(config, run_dir)
+    opened = warm_start.take(run_dir)
+    session, opened = opened if opened is not None else (None, time.perf_counter())
+    session = session or TrainSession.open(config, run_dir)
     observer = RunObserver(session, opened)
     try:
         with shared_client():

@@ -376,13 +376,30 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     decode path and `heads_major` the decode cache layout (None: `_unroll_layers` /
     `_heads_major` decide by platform; every choice gives the same tokens).
     """
+    program, args, kwargs = _sampler_call(model, prompts, max_new_tokens, temperature, top_p, top_k, seed,
+                                          stop_at_eos, n, mesh, unroll_layers, heads_major)
+    *out, steps = program(*args, **kwargs)
+    tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)
+    return _result(tok_bt, lp_bt, lengths, int(steps.addressable_data(0)), kwargs["spec"])
+
+
+def _sampler_call(model, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_at_eos, n, mesh,
+                  unroll_layers, heads_major):
+    """(program, args, kwargs) of the jitted sampler call `generate` makes."""
     tokens, mask, spec, mesh = generate_inputs(model, prompts, max_new_tokens, temperature, top_p, top_k,
                                                stop_at_eos, n, mesh, unroll_layers, heads_major)
     # The seed is a traced (host, replicated) argument so a new seed does not recompile.
     program = sampler_program(mesh, tokens.shape[0], spec.n)
-    *out, steps = program(model.params, tokens, mask, np.uint32(seed), cfg=model.config, spec=spec, mesh=mesh)
-    tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)
-    return _result(tok_bt, lp_bt, lengths, int(steps.addressable_data(0)), spec)
+    return program, (model.params, tokens, mask, np.uint32(seed)), dict(cfg=model.config, spec=spec, mesh=mesh)
+
+
+def lower_generate_call(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                        top_p: float = 1.0, top_k: int = 0, n: int = 1, mesh=None):
+    """The program `generate` with these arguments runs, lowered and not run (the seed does
+    not change the program): compiling it ahead makes that call a compilation-cache hit."""
+    program, args, kwargs = _sampler_call(model, prompts, max_new_tokens, temperature, top_p, top_k, 0, True, n,
+                                          mesh, None, None)
+    return program.lower(*args, **kwargs)
 
 
 def _result(tok_bt, lp_bt, lengths, steps: int, spec: SamplingSpec) -> GenerationResult:

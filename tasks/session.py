@@ -71,10 +71,10 @@ class RunLock:
 
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     """A run directory holds one run: only train.steps, where compilations are cached, whether
-    checkpoints are written in the background, rollout.weights_layout, eval, logging and mesh
-    may change on resume."""
+    checkpoints are written in the background or compressed, rollout.weights_layout, eval,
+    logging and mesh may change on resume."""
     saved = run_dir / "config.yaml"
-    mutable = {"train": {"steps", "compilation_cache_dir"}, "checkpoint": {"asynchronous"},
+    mutable = {"train": {"steps", "compilation_cache_dir"}, "checkpoint": {"asynchronous", "compress"},
                "rollout": {"weights_layout"}, "logging": None, "eval": None, "mesh": None}
     if saved.exists():
         old = RunConfig.model_validate(read_yaml(saved)).model_dump(mode="json")

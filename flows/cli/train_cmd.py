@@ -42,10 +42,17 @@ def train(args: argparse.Namespace) -> int:
 
     check_before_start(cfg, run_dir)
     from flows.local_server import embedded_server
-    from flows.train import train_flow
+    from flows.train import locked_finished_summary, train_flow
+    from tasks import warm_start
 
-    with embedded_server():
-        summary = asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
+    # While the embedded server starts, open the session and compile the first step's programs.
+    if jax.process_count() == 1 and locked_finished_summary(cfg, run_dir) is None:
+        warm_start.start(cfg, run_dir)
+    try:
+        with embedded_server():
+            summary = asyncio.run(train_flow(config=cfg, run_dir=str(run_dir)))
+    finally:
+        warm_start.discard(run_dir)
     print(summary_line(summary, run_dir))
     return 0
 
