@@ -7,8 +7,9 @@ step, the data stream position and the PRNG seed state.
 Saves are asynchronous (orbax's async manager): `save` returns once the state is copied
 off the device, and the write runs in a background thread while training continues.
 The arrays are written without compression unless asked (`compress`): orbax's default
-zstd took 4.3-5.8 s of CPU per 1.6 GB save on the 2-core dev VM (0.9-1.9 s uncompressed)
-for a 12% smaller file, and that CPU came out of the next step's rollout.
+zstd took 5.1-6.1 s of CPU per 1.6 GB float32 save on the 2-core dev VM (1.0-1.3 s
+uncompressed) for a 7.5% smaller file (`python -m benchmarks.checkpoint_write`), and that
+CPU came out of the next step's rollout.
 orbax writes into a temporary directory and renames it (a commit file on object stores)
 only when everything is on disk, so a save killed half-way leaves no checkpoint, and
 `latest()`/`steps()` never report the save still in flight. One save is in flight at a
@@ -83,8 +84,8 @@ class Checkpoints:
                  before_commit: Callable[[int], None] | None = None, compress: bool = False):
         """before_commit(label): called in the background once a save's files are written and
         before it commits (async saves only; the resume tests kill the process there).
-        compress: zstd-compress the arrays (orbax's default). Off by default: float32/bf16
-        weights and Adam moments shrink by ~7-12% for ~3 s of CPU per GB, which a
+        compress: zstd-compress the arrays (orbax's default). Off by default: float32
+        weights and Adam moments shrink by ~7.5% for ~3 s of CPU per GB, which a
         background write takes from training on a small host (module doc). Checkpoints
         restore either way."""
         self.asynchronous, self.read_only = asynchronous and not read_only, read_only

@@ -36,7 +36,7 @@ class CheckpointSection(Section):
         "the run waits for the last write before it ends); false = the update phase waits for the whole write.",
     )
     compress: bool = Field(
-        False, description="zstd-compress the saved arrays: ~7-12% smaller float32 checkpoints for ~3 s of CPU "
+        False, description="zstd-compress the saved arrays: ~7.5% smaller float32 checkpoints for ~3 s of CPU "
         "per GB written, taken from training while a background write runs. Checkpoints restore either way.",
     )
 

@@ -86,3 +86,15 @@ def test_overhead_summary_pairs_steps_after_warmup():
     assert out["in_flow_overhead_s"] == pytest.approx((0.2 + 0.5) / 2)
     with pytest.raises(ValueError):
         summarize(records[:1], warmup=1)
+
+
+def test_checkpoint_write_reports_cpu_and_bytes_of_both_modes(tmp_path):
+    import jax.numpy as jnp
+
+    from benchmarks.checkpoint_write import save_once
+
+    state = {"w": jnp.zeros((1024, 1024), jnp.float32)}  # 4 MiB that zstd shrinks to almost nothing
+    compressed, raw = (save_once(state, compress, tmp_path) for compress in (True, False))
+    assert raw["bytes_on_disk"] >= 4 * 2**20 > 8 * compressed["bytes_on_disk"]
+    assert all(r["cpu_s"] > 0 and r["wall_s"] >= r["blocking_s"] for r in (compressed, raw))
+    assert list(tmp_path.iterdir()) == []  # each save's folder removed
