@@ -157,9 +157,9 @@ def locked_finished_summary(config: RunConfig, run_dir: Path) -> dict | None:
 
 
 async def _train(config: RunConfig, run_dir: Path) -> dict:
-    opened = warm_start.take(run_dir)
-    session, opened = opened if opened is not None else (None, time.perf_counter())
-    session = session or TrainSession.open(config, run_dir)
+    opened = time.perf_counter()
+    taken = warm_start.take(run_dir)  # (session, when it began opening) if opened ahead
+    session, opened = taken if taken is not None else (TrainSession.open(config, run_dir), opened)
     observer = RunObserver(session, opened)
     try:
         with shared_client():
