@@ -107,14 +107,20 @@ def _step_is_cached(plan: RunPlan, step: int, digests: dict) -> bool:
     return manifest is not None
 
 
+def claimed_summary(config: RunConfig, run_dir: Path) -> dict | None:
+    """The run's summary.json if it claims all `config.train.steps` steps (no artifact checked)."""
+    summary_path = Path(run_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return summary if summary is not None and summary.get("steps") == config.train.steps else None
+
+
 def finished_summary(config: RunConfig, run_dir: Path) -> dict | None:
     """The saved summary of a run that has nothing left to compute, else None.
 
     Every process checks its own shards; the run counts as finished only when all agree.
     """
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    finished = summary is not None and summary.get("steps") == config.train.steps
+    summary = claimed_summary(config, run_dir)
+    finished = summary is not None
     if finished:
         plan = RunPlan(config, run_dir)
         digests = _phase_inputs(plan)
@@ -139,21 +145,18 @@ async def train_flow(config: RunConfig, run_dir: str = "runs/default") -> dict:
     """Train for `config.train.steps` steps in `run_dir`, resuming whatever is already there."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with run_logs_to_prefect():
-        # A session opened ahead (tasks/warm_start.py) was opened for a run with steps left.
-        summary = None if warm_start.pending(run_dir) else locked_finished_summary(config, Path(run_dir))
-        if summary is not None:
-            logger.info("nothing to do: %d steps already trained", summary["steps"])
-            return summary
+        # A session opened ahead (tasks/warm_start.py) was opened for a run with steps left
+        # (and holds the run's lock).
+        if not warm_start.pending(run_dir):
+            lock = RunLock(Path(run_dir), jax.process_index())
+            try:
+                summary = finished_summary(config, Path(run_dir))
+            finally:
+                lock.release()
+            if summary is not None:
+                logger.info("nothing to do: %d steps already trained", summary["steps"])
+                return summary
         return await _train(config, Path(run_dir))
-
-
-def locked_finished_summary(config: RunConfig, run_dir: Path) -> dict | None:
-    """`finished_summary` under the run directory's lock (no run may be writing it)."""
-    lock = RunLock(run_dir, jax.process_index())
-    try:
-        return finished_summary(config, run_dir)
-    finally:
-        lock.release()
 
 
 async def _train(config: RunConfig, run_dir: Path) -> dict:

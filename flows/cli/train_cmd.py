@@ -42,11 +42,12 @@ def train(args: argparse.Namespace) -> int:
 
     check_before_start(cfg, run_dir)
     from flows.local_server import embedded_server
-    from flows.train import locked_finished_summary, train_flow
+    from flows.train import claimed_summary, train_flow
     from tasks import warm_start
 
-    # While the embedded server starts, open the session and compile the first step's programs.
-    if jax.process_count() == 1 and locked_finished_summary(cfg, run_dir) is None:
+    # While the embedded server starts, open the session and compile the first step's programs
+    # (not for a run whose summary says it is done: the flow checks that and loads nothing).
+    if jax.process_count() == 1 and claimed_summary(cfg, run_dir) is None:
         warm_start.start(cfg, run_dir)
     try:
         with embedded_server():
