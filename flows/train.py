@@ -71,6 +71,7 @@ async def step_flow(run_id: str, step: int) -> dict:
     rollout_input = _input(session, step, "rollout", digests, params_version=step,
                            prompt_ids=_prompt_ids(session, step))
     rolled = phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))(rollout_input)
+    session.note_rollout(rolled.stats)  # cached or not: the prompt width floor (rollout.prompt_width)
     rewarded = phases.reward.with_options(**opts)(_input(session, step, "reward", digests, upstream=rolled))
     advantaged = phases.advantage.with_options(**opts)(_input(session, step, "advantage", digests, upstream=rewarded))
     update_input = _input(session, step, "update", digests, upstream=advantaged)

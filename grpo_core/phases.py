@@ -25,11 +25,12 @@ def prompt_token_ids(tokenizer, items: Sequence[Mapping], system_prompt, chat_te
 
 def rollout_table(model, items: Sequence[Mapping], *, step: int, n: int, max_new_tokens: int,
                   temperature: float, top_p: float, top_k: int, seed: int, system_prompt=None,
-                  chat_template=None, max_prompt_tokens: int = 256, mesh=None) -> pa.Table:
-    """Sample n completions for each item with the current policy; one row per sequence."""
+                  chat_template=None, max_prompt_tokens: int = 256, mesh=None, min_prompt_width: int = 0) -> pa.Table:
+    """Sample n completions for each item with the current policy; one row per sequence
+    (prompts padded to at least `min_prompt_width` slots: `sampling.sampler_prompt_width`)."""
     prompts = prompt_token_ids(model.tokenizer, items, system_prompt, chat_template, max_prompt_tokens)
     result = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                      seed=seed, n=n, mesh=mesh)
+                      seed=seed, n=n, mesh=mesh, min_prompt_width=min_prompt_width)
     rows = len(items) * n
     group = np.repeat(np.arange(len(items), dtype=np.int32), n)
     sample = np.tile(np.arange(n, dtype=np.int32), len(items))

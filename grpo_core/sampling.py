@@ -337,18 +337,24 @@ def sampling_spec(model, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, st
 
 
 def generate_inputs(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0, stop_at_eos=True, n=1,
-                    mesh=None, unroll_layers=None, heads_major=None):
+                    mesh=None, unroll_layers=None, heads_major=None, min_prompt_width: int = 0):
     """(tokens, mask, spec, mesh): the jitted sampler's inputs for a `generate` call with
     these arguments (prompts padded to the bucketed shapes, placed on the mesh)."""
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
     mesh = model.mesh if mesh is None else mesh
     rows = sampler_rows(len(prompts), mesh)
-    tokens, mask = _left_pad(prompts, rows, prompt_slots(max(len(p) for p in prompts)), model.pad_token_id)
+    tokens, mask = _left_pad(prompts, rows, sampler_prompt_width(prompts, min_prompt_width), model.pad_token_id)
     if mesh is not None:
         tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
     spec = sampling_spec(model, max_new_tokens, temperature, top_p, top_k, stop_at_eos, n, mesh,
                          unroll_layers, heads_major)
     return tokens, mask, spec, mesh
+
+
+def sampler_prompt_width(prompts, min_prompt_width: int = 0) -> int:
+    """The prompt width `generate` pads `prompts` to: the bucket of the longest prompt, or of
+    `min_prompt_width` when that is wider (a run that never lets its width shrink)."""
+    return prompt_slots(max(min_prompt_width, *(len(p) for p in prompts)))
 
 
 def lower_generate(model, num_prompts: int, longest_prompt: int, mesh, **spec_args):
@@ -366,7 +372,8 @@ def lower_generate(model, num_prompts: int, longest_prompt: int, mesh, **spec_ar
 
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, seed: int = 0, stop_at_eos: bool = True, n: int = 1,
-             mesh=None, unroll_layers: bool | None = None, heads_major: bool | None = None) -> GenerationResult:
+             mesh=None, unroll_layers: bool | None = None, heads_major: bool | None = None,
+             min_prompt_width: int = 0) -> GenerationResult:
     """Sample `n` completions for each prompt (token id lists) with `model` (a grpo_core Model).
 
     Rows are group-contiguous (prompt i, sample j -> row i*n+j). `mesh` defaults to the
@@ -374,31 +381,32 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     several processes every process passes the same (global) prompts and gets the global
     result. See the module docstring for what `logps` holds. `unroll_layers` picks the
     decode path and `heads_major` the decode cache layout (None: `_unroll_layers` /
-    `_heads_major` decide by platform; every choice gives the same tokens).
+    `_heads_major` decide by platform; every choice gives the same tokens). Prompts are
+    left-padded to `sampler_prompt_width(prompts, min_prompt_width)` slots.
     """
     program, args, kwargs = _sampler_call(model, prompts, max_new_tokens, temperature, top_p, top_k, seed,
-                                          stop_at_eos, n, mesh, unroll_layers, heads_major)
+                                          stop_at_eos, n, mesh, unroll_layers, heads_major, min_prompt_width)
     *out, steps = program(*args, **kwargs)
     tok_bt, lp_bt, lengths = (fetch_global(x)[: len(prompts) * n] for x in out)
     return _result(tok_bt, lp_bt, lengths, int(steps.addressable_data(0)), kwargs["spec"])
 
 
 def _sampler_call(model, prompts, max_new_tokens, temperature, top_p, top_k, seed, stop_at_eos, n, mesh,
-                  unroll_layers, heads_major):
+                  unroll_layers, heads_major, min_prompt_width=0):
     """(program, args, kwargs) of the jitted sampler call `generate` makes."""
     tokens, mask, spec, mesh = generate_inputs(model, prompts, max_new_tokens, temperature, top_p, top_k,
-                                               stop_at_eos, n, mesh, unroll_layers, heads_major)
+                                               stop_at_eos, n, mesh, unroll_layers, heads_major, min_prompt_width)
     # The seed is a traced (host, replicated) argument so a new seed does not recompile.
     program = sampler_program(mesh, tokens.shape[0], spec.n)
     return program, (model.params, tokens, mask, np.uint32(seed)), dict(cfg=model.config, spec=spec, mesh=mesh)
 
 
 def lower_generate_call(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                        top_p: float = 1.0, top_k: int = 0, n: int = 1, mesh=None):
+                        top_p: float = 1.0, top_k: int = 0, n: int = 1, mesh=None, min_prompt_width: int = 0):
     """The program `generate` with these arguments runs, lowered and not run (the seed does
     not change the program): compiling it ahead makes that call a compilation-cache hit."""
     program, args, kwargs = _sampler_call(model, prompts, max_new_tokens, temperature, top_p, top_k, 0, True, n,
-                                          mesh, None, None)
+                                          mesh, None, None, min_prompt_width)
     return program.lower(*args, **kwargs)
 
 

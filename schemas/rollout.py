@@ -42,6 +42,17 @@ class RolloutSection(Section):
         "elsewhere replicated first; fsdp when neither fits (and on devices that report no memory limit, "
         "e.g. CPU).",
     )
+    prompt_width: Literal["batch", "run_max"] = Field(
+        "batch",
+        description="How wide the sampler and the update pad prompts: 'batch' = to the bucket of the batch's own "
+        "longest prompt (a batch of shorter prompts gets a narrower program, compiled once per new width); "
+        "'run_max' = never narrower than the widest bucket any earlier step of the run used, so a run compiles "
+        "one sampler and one update program per width it grows through and none when a batch happens to be "
+        "shorter (each a minutes-long compile on a TPU), for up to one bucket of extra padding on such "
+        "batches. A resumed run rebuilds the width from its rollout artifacts, so it samples what an "
+        "uninterrupted run samples.",
+        json_schema_extra=NEW_OPTION,
+    )
     dynamic_sampling: DynamicSamplingSection = Field(
         default_factory=DynamicSamplingSection, description="DAPO dynamic sampling.",
         json_schema_extra=NEW_OPTION,

@@ -81,7 +81,8 @@ def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseMan
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     with compiles.in_phase("update"):
         metrics = session.update(phase_input.step, _upstream_table(session, phase_input, rollout_manifest),
-                                 _upstream_table(session, phase_input))
+                                 _upstream_table(session, phase_input),
+                                 int(rollout_manifest.stats.get("prompt_width_floor", 0)))
     return _write_json(phase_input, session, metrics, started)
 
 

@@ -25,6 +25,7 @@ from grpo_core.layouts import bytes_per_device, generation_mesh, to_generation_l
 from grpo_core.accelerators import Accelerator, tpu_generation
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
+from grpo_core.sampling import prompt_slots
 from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml, read_yaml
@@ -175,6 +176,10 @@ class TrainSession(RunPlan):
         self.generation_mesh = generation_mesh(self.mesh, self.weights_layout, self.model_cfg, jax.local_device_count())
         self.reshard_stats: dict[str, float] = {}
         self.params_version = 0
+        # rollout.prompt_width "run_max": the widest prompt width of the steps seen so far, fed
+        # by every rollout manifest the step flows return (cache hits too, so a resumed run
+        # replays it from its artifacts and samples what an uninterrupted run samples).
+        self.prompt_width_floor = 0
         self.timings: dict[int, dict[str, float]] = {}
         self.saves: dict[int, SaveTimes] = {}  # by training step
         self._restore_latest()
@@ -278,12 +283,15 @@ class TrainSession(RunPlan):
         """
         rounds, stats = self.round_items(step), {}
         policy = self.generation_policy()  # resharded once for every round
+        floor = self.min_prompt_width()
         if len(rounds) == 1:
-            table = self.rollout(step, rounds[0], policy=policy)
+            table = self.rollout(step, rounds[0], policy=policy, min_prompt_width=floor)
+            tables = [table]
         else:
             tables, totals = [], []
             for round_, items in enumerate(rounds):
-                tables.append(self.rollout(step, items, seed=self.sample_seed(step, round_), policy=policy))
+                tables.append(self.rollout(step, items, seed=self.sample_seed(step, round_), policy=policy,
+                                           min_prompt_width=floor))
                 rewards, reward_stats = self.score(tables[-1])
                 totals.append(np.asarray(rewards.column("reward_total")))
                 if round_ == 0:  # the policy on fresh prompts, before selection biases the batch
@@ -293,8 +301,19 @@ class TrainSession(RunPlan):
                     break
             table, selected = phases.select_groups(tables, totals, self.cfg.rollout.n, self.derived.prompts_global_per_step)
             stats.update(selected)
+        if self.cfg.rollout.prompt_width == "run_max":
+            longest = max(max(t.column("prompt_length").to_pylist()) for t in tables)
+            stats.update(prompt_width=float(prompt_slots(max(longest, floor))), prompt_width_floor=float(floor))
         share = self.derived.prompts_per_process * self.cfg.rollout.n
         return table.slice(self.process_index * share, share), stats
+
+    def min_prompt_width(self) -> int:
+        """The width the sampler and the update pad prompts to at least (rollout.prompt_width)."""
+        return self.prompt_width_floor if self.cfg.rollout.prompt_width == "run_max" else 0
+
+    def note_rollout(self, stats: dict[str, float]) -> None:
+        """A step's rollout manifest stats, in step order: raise the run's prompt width floor."""
+        self.prompt_width_floor = max(self.prompt_width_floor, int(stats.get("prompt_width", 0)))
 
     def score(self, rollout_table):
         """phases.reward_table with the run's rewards and overlong shaping."""
@@ -302,7 +321,8 @@ class TrainSession(RunPlan):
         overlong = (penalty.cache_tokens, penalty.max_penalty) if penalty else None
         return phases.reward_table(rollout_table, self.cfg.rewards, overlong, self.cfg.rollout.max_new_tokens)
 
-    def rollout(self, step: int, items=None, greedy: bool = False, seed: int | None = None, policy=None):
+    def rollout(self, step: int, items=None, greedy: bool = False, seed: int | None = None, policy=None,
+                min_prompt_width: int = 0):
         """Rollout table of this process's rows for `step` (see sample_step), or of all of
         `items`, with the current params (`policy`: their generation-layout copy, when the
         caller already made it)."""
@@ -315,10 +335,12 @@ class TrainSession(RunPlan):
             else r.max_new_tokens, temperature=0.0 if greedy else r.temperature, top_p=r.top_p, top_k=r.top_k,
             seed=self.sample_seed(step) if seed is None else seed, system_prompt=d.system_prompt,
             chat_template=d.chat_template, max_prompt_tokens=r.max_prompt_tokens, mesh=self.generation_mesh,
+            min_prompt_width=min_prompt_width,
         )
 
-    def update(self, step: int, rollout_table, advantage_table) -> dict[str, float]:
-        width = global_max(max(len(p) for p in rollout_table.column("prompt_ids").to_pylist()))
+    def update(self, step: int, rollout_table, advantage_table, min_prompt_width: int = 0) -> dict[str, float]:
+        """One update on the step's artifacts; `min_prompt_width`: the floor its rollout sampled with."""
+        width = max(min_prompt_width, global_max(max(len(p) for p in rollout_table.column("prompt_ids").to_pylist())))
         batch = phases.update_batch(rollout_table, advantage_table, self.cfg.rollout.max_new_tokens,
                                     self.model_cfg.pad_token_id or 0, prompt_width=width,
                                     mask_truncated=self.cfg.loss.mask_truncated,

@@ -89,13 +89,13 @@ def precompile_step(session: TrainSession, step: int, stop=lambda: False) -> lis
     items = session.global_items(step)
     prompts = phases.prompt_token_ids(session.tokenizer, items, cfg.data.system_prompt, cfg.data.chat_template,
                                       r.max_prompt_tokens)
-    done = []
+    done, floor = [], session.min_prompt_width()
     if session.generation_mesh is session.mesh:
         lower_generate_call(session.policy, prompts, r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.n,
-                            session.generation_mesh).compile()
+                            session.generation_mesh, floor).compile()
         done.append("rollout")
     if session.sampling_rounds == 1 and not stop():
-        width = phases.update_width(max(len(p) for p in prompts), r.max_new_tokens)
+        width = phases.update_width(max(floor, *(len(p) for p in prompts)), r.max_new_tokens)
         rows = session.derived.sequences_global_per_step
         batch = aot.abstract_update_batch(rows, width, session.mesh, sampler_logps=cfg.loss.tis_cap is not None)
         session.trainer.lower(session.params, session.opt_state, batch, session.ref_params).compile()
