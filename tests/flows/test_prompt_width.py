@@ -75,3 +75,13 @@ def test_resumed_run_rebuilds_the_width_from_its_artifacts(uninterrupted, tmp_pa
     resumed = {l["step"]: l for l in metrics(run_dir)}
     assert resumed[5]["prompt_width"] == 160.0 and resumed[5]["prompt_width_floor"] == 160.0
     assert summary["params_sha256"] == uninterrupted[1]["params_sha256"]
+
+
+def test_the_option_is_in_the_train_flows_ui_form():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.train import train_flow
+
+    schema = parameter_schema(train_flow.fn).model_dump_for_openapi()
+    option = schema["definitions"]["RolloutSection"]["properties"]["prompt_width"]
+    assert option["enum"] == ["batch", "run_max"] and option["default"] == "batch" and option["description"]
