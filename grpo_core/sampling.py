@@ -343,7 +343,8 @@ def generate_inputs(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, 
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n)
     mesh = model.mesh if mesh is None else mesh
     rows = sampler_rows(len(prompts), mesh)
-    tokens, mask = _left_pad(prompts, rows, sampler_prompt_width(prompts, min_prompt_width), model.pad_token_id)
+    width = sampler_prompt_width(max(len(p) for p in prompts), min_prompt_width)
+    tokens, mask = _left_pad(prompts, rows, width, model.pad_token_id)
     if mesh is not None:
         tokens, mask = put_global(tokens, batch_sharding(mesh)), put_global(mask, batch_sharding(mesh))
     spec = sampling_spec(model, max_new_tokens, temperature, top_p, top_k, stop_at_eos, n, mesh,
@@ -351,10 +352,10 @@ def generate_inputs(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, 
     return tokens, mask, spec, mesh
 
 
-def sampler_prompt_width(prompts, min_prompt_width: int = 0) -> int:
-    """The prompt width `generate` pads `prompts` to: the bucket of the longest prompt, or of
-    `min_prompt_width` when that is wider (a run that never lets its width shrink)."""
-    return prompt_slots(max(min_prompt_width, *(len(p) for p in prompts)))
+def sampler_prompt_width(longest_prompt: int, min_prompt_width: int = 0) -> int:
+    """The prompt width `generate` pads prompts of up to `longest_prompt` tokens to: its bucket,
+    or `min_prompt_width`'s when that is wider (a run that never lets its width shrink)."""
+    return prompt_slots(max(min_prompt_width, longest_prompt))
 
 
 def lower_generate(model, num_prompts: int, longest_prompt: int, mesh, **spec_args):
@@ -382,7 +383,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     result. See the module docstring for what `logps` holds. `unroll_layers` picks the
     decode path and `heads_major` the decode cache layout (None: `_unroll_layers` /
     `_heads_major` decide by platform; every choice gives the same tokens). Prompts are
-    left-padded to `sampler_prompt_width(prompts, min_prompt_width)` slots.
+    left-padded to `sampler_prompt_width(longest prompt, min_prompt_width)` slots.
     """
     program, args, kwargs = _sampler_call(model, prompts, max_new_tokens, temperature, top_p, top_k, seed,
                                           stop_at_eos, n, mesh, unroll_layers, heads_major, min_prompt_width)

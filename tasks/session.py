@@ -25,7 +25,7 @@ from grpo_core.layouts import bytes_per_device, generation_mesh, to_generation_l
 from grpo_core.accelerators import Accelerator, tpu_generation
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
-from grpo_core.sampling import prompt_slots
+from grpo_core.sampling import sampler_prompt_width
 from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml, read_yaml
@@ -303,7 +303,7 @@ class TrainSession(RunPlan):
             stats.update(selected)
         if self.cfg.rollout.prompt_width == "run_max":
             longest = max(max(t.column("prompt_length").to_pylist()) for t in tables)
-            stats.update(prompt_width=float(prompt_slots(max(longest, floor))), prompt_width_floor=float(floor))
+            stats.update(prompt_width=float(sampler_prompt_width(longest, floor)), prompt_width_floor=float(floor))
         share = self.derived.prompts_per_process * self.cfg.rollout.n
         return table.slice(self.process_index * share, share), stats
 

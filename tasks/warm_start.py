@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 
 from grpo_core import aot, compiles, phases
-from grpo_core.sampling import lower_generate_call
+from grpo_core.sampling import lower_generate_call, sampler_prompt_width
 from tasks.session import TrainSession
 
 logger = logging.getLogger("grpo_flows.train")
@@ -95,7 +95,7 @@ def precompile_step(session: TrainSession, step: int, stop=lambda: False) -> lis
                             session.generation_mesh, floor).compile()
         done.append("rollout")
     if session.sampling_rounds == 1 and not stop():
-        width = phases.update_width(max(floor, *(len(p) for p in prompts)), r.max_new_tokens)
+        width = phases.update_width(sampler_prompt_width(max(len(p) for p in prompts), floor), r.max_new_tokens)
         rows = session.derived.sequences_global_per_step
         batch = aot.abstract_update_batch(rows, width, session.mesh, sampler_logps=cfg.loss.tis_cap is not None)
         session.trainer.lower(session.params, session.opt_state, batch, session.ref_params).compile()
