@@ -92,6 +92,23 @@ def by_phase(compiles: list[Compile]) -> dict[str, dict]:
     return {phase: dict(row, programs=dict(row["programs"])) for phase, row in sorted(table.items())}
 
 
+def persistent_cache_safe(mesh) -> bool:
+    """Whether programs compiled for `mesh`'s devices may be loaded from the persistent cache.
+
+    Not on a CPU mesh of several devices. XLA:CPU runs a program's thunks as a dependency
+    graph; a freshly compiled program's collectives all write one shared "communicator"
+    resource, which orders them the same way on every device. jaxlib's deserializer
+    rebuilds that resource per thunk sequence, so a program loaded from the cache keeps
+    no order between the collectives inside a while loop (a decode loop, the update's
+    micro-batch loop) and those outside it: each device may enter a different one, and
+    XLA's rendezvous aborts after 40 s (a TPU would hang). SmolLM2's update on 2 CPU
+    devices, run on one thread, passes when compiled and aborts every time when loaded
+    from the cache. TPU and GPU programs keep the cache.
+    """
+    devices = mesh.devices.flat
+    return devices[0].platform != "cpu" or mesh.devices.size == 1
+
+
 def use_cache_dir(path: str | None) -> None:
     """Keep compiled programs in `path` (a folder or a gs:// path) across processes; None: off.
 

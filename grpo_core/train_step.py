@@ -193,6 +193,7 @@ class Trainer:
         self.skip_zero_advantage = (getattr(loss_cfg, "skip_zero_advantage", True) and self.loss_kwargs["beta"] == 0
                                     and self.loss_kwargs["top_entropy_quantile"] == 1.0)
         self._compiled = None
+        self._jitted: dict = {}  # `_compile`'s jitted step per input sharding layout
 
     # ---- host-side entry points ------------------------------------------------------
 
@@ -285,13 +286,19 @@ class Trainer:
             raise ValueError("loss.tis_cap needs the sampler's log-probs: batch['sampler_logps_bt']")
 
     def _compile(self, params, opt_state):
-        """jit with outputs sharded exactly like the donated inputs, so buffers are reused."""
+        """The jitted step for inputs sharded like these: outputs sharded exactly like the
+        donated inputs, so buffers are reused. One jitted function per sharding layout, so
+        that a program `lower(...).compile()` built (the warm start) is the one `step` runs,
+        from jax's in-memory cache rather than compiled or loaded again."""
         shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
-        param_shardings = shardings(params)
-        def train_step(p, s, b, r):  # the name jax reports its compiles under (grpo_core.compiles)
-            return self._update(p, s, b, r, param_shardings)
-
-        return jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(param_shardings, shardings(opt_state), None))
+        param_shardings, opt_shardings = shardings(params), shardings(opt_state)
+        key = tuple(jax.tree.leaves((param_shardings, opt_shardings))) + (jax.tree.structure((params, opt_state)),)
+        if key not in self._jitted:
+            def train_step(p, s, b, r):  # the name jax reports its compiles under (grpo_core.compiles)
+                return self._update(p, s, b, r, param_shardings)
+            self._jitted[key] = jax.jit(train_step, donate_argnums=(0, 1),
+                                        out_shardings=(param_shardings, opt_shardings, None))
+        return self._jitted[key]
 
     # ---- traced ----------------------------------------------------------------------
 

@@ -162,6 +162,7 @@ class TrainSession(RunPlan):
     def __init__(self, cfg: RunConfig, run_dir: Path):
         super().__init__(cfg, run_dir)
         self.mesh = make_mesh(mesh_shape(cfg, jax.process_count(), jax.local_device_count()))
+        compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir, self.mesh))  # before the first compile
         model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
         self.model_cfg, self.tokenizer = model.config, model.tokenizer
         self.params = model.params
@@ -195,7 +196,6 @@ class TrainSession(RunPlan):
             if jax.process_index() == 0:
                 atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(cfg).encode())
             compiles.install()
-            compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir))
             compile_mark = compiles.mark()
             with compiles.in_phase("setup"):
                 session = cls(cfg, run_dir)
@@ -365,8 +365,12 @@ class TrainSession(RunPlan):
         self.timings.setdefault(step, {})[phase] = seconds
 
 
-def compilation_cache_dir(cfg: RunConfig, run_dir: Path) -> str:
-    """train.compilation_cache_dir, or the run directory's own xla-cache folder."""
+def compilation_cache_dir(cfg: RunConfig, run_dir: Path, mesh) -> str | None:
+    """train.compilation_cache_dir, or the run directory's own xla-cache folder; None (no
+    persistent cache) where programs for `mesh` must not be loaded from one
+    (`compiles.persistent_cache_safe`)."""
+    if not compiles.persistent_cache_safe(mesh):
+        return None
     return cfg.train.compilation_cache_dir or str(run_dir.absolute() / "xla-cache")
 
 
