@@ -18,6 +18,13 @@ and, for any writer still open, when the process exits) waits for the last one. 
 before a save commits costs nothing but replayed work: the run resumes from the newest
 committed checkpoint (flows/train.py replays the cached advantages through `update`).
 
+The write's background threads dispatch no device program. In a multi-process run orbax
+synchronises processes around a save with barriers, by default a collective device
+program (`sync_global_devices`), some from its background thread: that program could
+enter the devices in another order than the training step the run's own thread
+dispatches at the same time (tasks/dispatch.py). Checkpoints therefore switch orbax to
+the barriers of the distributed runtime's key-value store, which touch no device.
+
 Readers that are not the run (export, eval) open the directory `read_only`: they never
 create, delete or clean up anything, so a run still training keeps its checkpoints, and
 a save killed half-way (a temporary orbax directory) is neither listed nor removed.
@@ -32,6 +39,7 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from absl import flags
 
 
 class _ReadOnlyNotice(logging.Filter):
@@ -79,6 +87,13 @@ def _wait_at_exit(writer: "Checkpoints") -> None:
         _WRITERS.add(writer)
 
 
+def _barriers_without_devices() -> None:
+    """orbax's process barriers through the distributed runtime, not a device program (module doc)."""
+    flag = flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+    if not flag.value:
+        flag.parse("true")  # parse() also marks it present: orbax reads it before absl parsed argv
+
+
 class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 2, read_only: bool = False, asynchronous: bool = True,
                  before_commit: Callable[[int], None] | None = None, compress: bool = False):
@@ -107,6 +122,8 @@ class Checkpoints:
         self._failed = False  # a background write failed and its error was raised
         if self.asynchronous:
             _wait_at_exit(self)
+        if jax.process_count() > 1:
+            _barriers_without_devices()
 
     def latest(self) -> int | None:
         """Step label of the newest complete (committed) checkpoint, or None."""

@@ -30,6 +30,7 @@ from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml, read_yaml
 from schemas.run import RunConfig
+from tasks.dispatch import DispatchOwner
 from tasks.faults import maybe_inject_fault
 from tasks.host import keep_freed_memory
 from tasks.model_source import check_model_source, resolve_model
@@ -161,6 +162,7 @@ class RunPlan:
 class TrainSession(RunPlan):
     def __init__(self, cfg: RunConfig, run_dir: Path):
         super().__init__(cfg, run_dir)
+        self.dispatch = DispatchOwner()  # the thread that opens the session dispatches its programs
         self.mesh = make_mesh(mesh_shape(cfg, jax.process_count(), jax.local_device_count()))
         compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir, self.mesh))  # before the first compile
         model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
@@ -223,6 +225,7 @@ class TrainSession(RunPlan):
         once, here, for a whole rollout; the copy is dropped with the returned Model, so the
         update never holds it. The reshard's seconds and the copy's bytes per device go to
         `reshard_stats` (the rollout's manifest stats)."""
+        self.dispatch.check("rollout")
         started = time.perf_counter()
         params = jax.block_until_ready(to_generation_layout(self.params, self.model_cfg, self.generation_mesh))
         copy = params is not self.params
@@ -234,6 +237,7 @@ class TrainSession(RunPlan):
         """One train step on this process's rows; advances params_version. Returns float metrics."""
         if self.params_version != step:
             raise RuntimeError(f"update of step {step} on params of version {self.params_version}")
+        self.dispatch.check("update")
         # Every process must run the same number of micro-batches when zero-advantage groups are skipped.
         min_groups = global_max(self.trainer.informative_groups(batch_np)) if self.num_processes > 1 else 0
         batch = self.trainer.shard_batch(batch_np, min_groups)
@@ -252,6 +256,7 @@ class TrainSession(RunPlan):
     def save_checkpoint(self, step: int) -> None:
         """Checkpoint the state after `step`'s update; the write continues in the background
         (`wait_for_checkpoints`). Records the seconds the save held the step ("checkpoint")."""
+        self.dispatch.check("checkpoint")
         meta = {"next_step": self.params_version, "data": self.data_state(self.params_version),
                 "seed": self.cfg.train.seed}
         saved = self.checkpoints.save(self.params_version, self.params, self.opt_state, meta)

@@ -12,6 +12,11 @@ would only be a cache miss (compiled again by the phase), never a different resu
 
 Multi-process runs open their session inside the flow as before: opening it runs
 collectives, which every process must enter in the same order.
+
+The helper thread obeys the run's dispatch rule (tasks/dispatch.py): it owns the session
+while it opens it, waits until every array it made is computed, and only compiles after
+that (a compile dispatches nothing); `take` joins it and hands the session to the flow's
+thread, which dispatches every program from then on.
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ class WarmStart:
     def _open(self) -> None:
         try:
             self.session = TrainSession.open(self.cfg, self.run_dir)
+            jax.block_until_ready(_device_state(self.session))  # no device work left in flight at hand-over
         except BaseException as err:  # raised in the flow by `take`
             self.error = err
             return
@@ -66,6 +72,7 @@ class WarmStart:
         if self.error is not None:
             raise self.error
         session, self.session = self.session, None
+        session.dispatch.hand_over(_device_state(session))
         return session, self.started
 
     def close(self) -> None:
@@ -75,6 +82,10 @@ class WarmStart:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+def _device_state(session: TrainSession) -> tuple:
+    return session.params, session.opt_state, session.ref_params
 
 
 def precompile_step(session: TrainSession, step: int, stop=lambda: False) -> list[str]:
