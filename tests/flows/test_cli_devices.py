@@ -1,0 +1,86 @@
+"""`grpo train` with the real SmolLM2 on several host devices in one process, run the way a
+user runs it (the command, as a subprocess), as every TPU VM runs it: a v6e-8 is 8 chips in
+one JAX process. The warm start and asynchronous checkpoints are on, as by default.
+
+A program whose collectives enter the devices in different orders aborts XLA:CPU in its
+rendezvous after 40 s (a TPU hangs instead); these runs are the ones that caught it
+(tasks/dispatch.py, grpo_core.compiles.persistent_cache_safe). The 2-device run is in the
+fast tier; each generation layout and the smoke config on 8 devices are in the slow tier.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpo_core.models.hub import is_pulled
+from tasks.models import default_models_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["rollout.batch_size=4", "rollout.n=2", "rollout.max_new_tokens=12", "logging.progress_bar=false"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def smollm2_pulled():
+    if not is_pulled(default_models_dir() / "smollm2-135m-instruct"):
+        pytest.skip("SmolLM2 is not pulled here: run `grpo models pull smollm2-135m-instruct` (.ci/run does)")
+
+
+def grpo_train(run_dir: Path, devices: int, config: str, *sets: str, timeout: int = 900):
+    argv = [sys.executable, "-m", "flows.cli.main", "train", "--config", config, "--run-dir", str(run_dir)]
+    for item in sets:
+        argv += ["--set", item]
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def assert_trained(result, run_dir: Path, steps: int) -> dict:
+    output = result.stdout + result.stderr
+    assert "rendezvous" not in output.lower(), output[-3000:]
+    assert result.returncode == 0, output[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == steps
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(m["step"] for m in metrics if "step" in m and "loss" in m) == list(range(steps))
+    return summary
+
+
+def compiled_in_steps(summary: dict, program: str) -> int:
+    """Compiles of `program` in the step phases (not in the warm start's "setup")."""
+    return sum(row["programs"].get(program, 0) for phase, row in summary["compiles"].items() if phase != "setup")
+
+
+def test_smollm2_trains_on_two_devices_with_warm_start_and_async_checkpoints(tmp_path):
+    run_dir = tmp_path / "two"
+    result = grpo_train(run_dir, 2, "configs/quickstart_cpu.yaml", "train.steps=2", "checkpoint.every_steps=1", *SMALL)
+    summary = assert_trained(result, run_dir, 2)
+    # The warm start compiled step 0's sampler and update; the steps ran those programs.
+    assert summary["compiles"]["setup"]["programs"].get("jit(train_step)") == 1
+    assert compiled_in_steps(summary, "jit(train_step)") == 0
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
+    # Resuming a finished run on the same devices loads nothing and runs nothing.
+    again = grpo_train(run_dir, 2, "configs/quickstart_cpu.yaml", "train.steps=2", "checkpoint.every_steps=1", *SMALL)
+    assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout,devices", [("replicated", 2), ("fsdp", 2), ("tp", 3)])
+def test_smollm2_trains_with_each_generation_layout(tmp_path, layout, devices):
+    """tp needs a device count that divides SmolLM2's 9 query and 3 KV heads: 3 devices."""
+    run_dir = tmp_path / layout
+    sets = ["train.steps=3", "checkpoint.every_steps=1", f"rollout.weights_layout={layout}", *SMALL]
+    if devices == 3:
+        sets += ["rollout.batch_size=3", "train.micro_batch_size=2"]
+    result = grpo_train(run_dir, devices, "configs/quickstart_cpu.yaml", *sets)
+    assert_trained(result, run_dir, 3)
+    rollout = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert rollout.get("generation_weights_gib", 0.0) > 0.0 or layout == "fsdp"
+
+
+@pytest.mark.slow
+def test_smoke_config_as_shipped_on_eight_devices(tmp_path):
+    """What `tpu-smoke/smoke-v6e8` runs on a v6e-8, on 8 host devices."""
+    run_dir = tmp_path / "smoke"
+    assert_trained(grpo_train(run_dir, 8, "configs/smoke_v6e8.yaml", timeout=1500), run_dir, 3)
