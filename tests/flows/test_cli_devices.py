@@ -9,8 +9,10 @@ fast tier; each generation layout and the smoke config on 8 devices are in the s
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,12 +30,27 @@ def smollm2_pulled():
         pytest.skip("SmolLM2 is not pulled here: run `grpo models pull smollm2-135m-instruct` (.ci/run does)")
 
 
-def grpo_train(run_dir: Path, devices: int, config: str, *sets: str, timeout: int = 900):
+def grpo_train(run_dir: Path, devices: int, config: str, *sets: str, timeout: int = 900, fault: str | None = None):
+    """`grpo train` on `devices` host devices, in its own process group, output to a log file
+    (no pipes: a child that outlives a SIGKILLed run would hold them open)."""
     argv = [sys.executable, "-m", "flows.cli.main", "train", "--config", config, "--run-dir", str(run_dir)]
     for item in sets:
         argv += ["--set", item]
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    env.pop("GRPO_FAULT_INJECT", None)
+    if fault:
+        env["GRPO_FAULT_INJECT"] = fault  # tasks/faults.py
+    log = run_dir.parent / f"{run_dir.name}-{time.monotonic_ns()}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(argv, proc.returncode, log.read_text(), "")
 
 
 def assert_trained(result, run_dir: Path, steps: int) -> dict:
@@ -84,3 +101,17 @@ def test_smoke_config_as_shipped_on_eight_devices(tmp_path):
     """What `tpu-smoke/smoke-v6e8` runs on a v6e-8, on 8 host devices."""
     run_dir = tmp_path / "smoke"
     assert_trained(grpo_train(run_dir, 8, "configs/smoke_v6e8.yaml", timeout=1500), run_dir, 3)
+
+
+@pytest.mark.slow
+def test_smollm2_on_two_devices_resumes_after_kill_minus_9_to_the_same_params(tmp_path):
+    """A resumed run compiles its programs again in a new process (no persistent cache on a
+    CPU mesh of several devices): killed in step 1's update, it ends where an uninterrupted
+    run ends."""
+    sets = ["train.steps=3", "checkpoint.every_steps=1", *SMALL]
+    whole = assert_trained(grpo_train(tmp_path / "whole", 2, "configs/quickstart_cpu.yaml", *sets), tmp_path / "whole", 3)
+    killed = grpo_train(tmp_path / "killed", 2, "configs/quickstart_cpu.yaml", *sets, fault="update:1:kill")
+    assert killed.returncode == -9
+    resumed = assert_trained(grpo_train(tmp_path / "killed", 2, "configs/quickstart_cpu.yaml", *sets),
+                             tmp_path / "killed", 3)
+    assert resumed["params_sha256"] == whole["params_sha256"]
