@@ -25,7 +25,7 @@ from prefect.context import SyncClientContext
 from flows.console import run_logs_to_prefect
 from flows.observe import RunObserver
 from schemas.run import RunConfig
-from tasks import phases, warm_start
+from tasks import phases, warm_start, watchdog
 from tasks.cache import PhaseInput, cache_options, cached_manifest, config_digest, drop_if_broken, dump_without
 from tasks.multihost import all_processes
 from tasks.session import RunLock, RunPlan, TrainSession, get_session
@@ -166,12 +166,13 @@ async def _train(config: RunConfig, run_dir: Path) -> dict:
     session, opened = taken if taken is not None else (TrainSession.open(config, run_dir), opened)
     observer = RunObserver(session, opened)
     try:
-        with shared_client():
+        with shared_client(), watchdog.watching(config.logging.phase_timeout_s, run_dir, session.process_index):
             for step in range(config.train.steps):
                 started = time.perf_counter()
                 manifests = await step_flow.with_options(flow_run_name=f"step-{step}")(session.run_id, step)
                 observer.step_done(step, manifests, time.perf_counter() - started)
-            session.wait_for_checkpoints()  # the run is done when its last checkpoint is committed
+            with watchdog.phase(config.train.steps - 1, "checkpoint"):
+                session.wait_for_checkpoints()  # the run is done when its last checkpoint is committed
             return observer.finish()
     finally:
         observer.close()

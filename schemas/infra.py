@@ -51,6 +51,16 @@ class WandbSection(Section):
 class LoggingSection(Section):
     wandb: WandbSection = Field(default_factory=WandbSection, description="Weights & Biases (API key from WANDB_API_KEY or a Prefect Secret, never config).")
     progress_bar: bool = Field(True, description="Show a progress bar in the CLI.")
+    phase_timeout_s: float | None = Field(
+        1800, ge=0, le=86_400,
+        description="Seconds one phase of a step (rollout, reward, advantage, update, eval, a checkpoint save's "
+        "blocking part) may run before the run stops with a one-line hang error (exit code 1) instead of "
+        "waiting for ever; XLA compiles count inside their phase; 0 or null = no limit. 1800: over 7x the "
+        "slowest compile of a shipped config's program on an idle host (240 s, a 3B/7B update for a TPU slice), "
+        "above all of them on a loaded 2-core one (up to 1132 s), over twice the slowest healthy phase seen "
+        "(a 13-minute CPU update on a memory-starved machine), and under the smoke job's 3600 s limit. Not in "
+        "any cache key; may change on resume.",
+    )
 
 
 class EvalSection(Section):

@@ -3,6 +3,8 @@
 Each task takes a `PhaseInput` (its cache key material), finds the run's session, runs
 the phase, writes the artifact atomically under the run directory and returns a small
 `PhaseManifest`. Prefect caches the manifest (see tasks/cache.py), never the model.
+Each phase that runs (a cache hit runs nothing) is watched by the run's phase watchdog
+(tasks/watchdog.py), and so is the blocking part of the update's checkpoint save.
 """
 import json
 import time
@@ -16,6 +18,7 @@ from schemas.manifests import PhaseManifest
 from tasks.cache import PhaseInput
 from tasks.faults import maybe_inject_fault
 from tasks.session import get_session
+from tasks.watchdog import phase as watched_phase, watched
 
 
 def artifact_path(session, step: int, phase: str, suffix: str) -> str:
@@ -51,6 +54,7 @@ def _require_params(session, phase_input: PhaseInput) -> None:
 
 
 @task(name="rollout", task_run_name="rollout-{phase_input.step}")
+@watched
 def rollout(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     _require_params(session, phase_input)
@@ -61,6 +65,7 @@ def rollout(phase_input: PhaseInput) -> PhaseManifest:
 
 
 @task(name="reward", task_run_name="reward-{phase_input.step}")
+@watched
 def reward(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     table, stats = session.score(_upstream_table(session, phase_input))
@@ -68,6 +73,7 @@ def reward(phase_input: PhaseInput) -> PhaseManifest:
 
 
 @task(name="advantage", task_run_name="advantage-{phase_input.step}")
+@watched
 def advantage(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     adv = session.cfg.advantage
@@ -77,6 +83,7 @@ def advantage(phase_input: PhaseInput) -> PhaseManifest:
 
 
 @task(name="update", task_run_name="update-{phase_input.step}")
+@watched
 def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     with compiles.in_phase("update"):
@@ -87,6 +94,7 @@ def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseMan
 
 
 @task(name="eval", task_run_name="eval-{phase_input.step}")
+@watched
 def evaluate(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     _require_params(session, phase_input)
@@ -102,7 +110,7 @@ def _write_json(phase_input: PhaseInput, session, stats: dict, started: float) -
     seconds = time.perf_counter() - started
     session.record_timing(phase_input.step, phase_input.phase, seconds)
     if phase_input.phase == "update" and session.should_checkpoint(phase_input.step):
-        with compiles.in_phase("checkpoint"):
+        with compiles.in_phase("checkpoint"), watched_phase(phase_input.step, "checkpoint"):
             session.save_checkpoint(phase_input.step)  # its own timing; the write goes on in the background
     return PhaseManifest(run_id=phase_input.run_id, step=phase_input.step, phase=phase_input.phase, path=rel,
                          rows=1, sha256=sha256_file(session.run_dir / rel), schema_version=SCHEMA_VERSION,

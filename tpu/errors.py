@@ -87,9 +87,13 @@ def region_of(zone: str) -> str:
     return zone.rsplit("-", 1)[0]
 
 
+# The phase watchdog's sentence (tasks/watchdog.py: hang_sentence), in a log line of its own.
+_HANG = re.compile(r"step (\d+) hung in its (\w+) phase\b.*")
+
+
 @dataclass(frozen=True)
 class JobOutcome:
-    """Why a smoke job ended: ok, oom, traceback, killed, failed, timeout, incomplete, preempted, not_joined."""
+    """Why a smoke job ended: ok, hang, oom, traceback, killed, failed, timeout, incomplete, preempted, not_joined."""
 
     reason: str
     message: str
@@ -103,6 +107,10 @@ class JobOutcome:
 def classify_job(status: dict, expected_steps: int) -> JobOutcome:
     """Classify one worker's final monitor status (see tpu.scripts.MONITOR_PY for the keys)."""
     code, step = status.get("exit_code"), status.get("last_step") or 0
+    hang = _HANG.search(status.get("tail") or "")
+    if hang:  # the watchdog ended the job: nothing after it is a cause
+        return JobOutcome("hang", f"step {hang.group(1)} hung in its {hang.group(2)} phase (exit code {code})",
+                          hang.group(0))
     if status.get("oom_line"):
         return JobOutcome("oom", f"out of device memory (exit code {code}) after step {step}", status["oom_line"])
     if status.get("traceback"):
