@@ -7,7 +7,10 @@ restart the session restores the newest checkpoint; steps before it replay as ca
 hits, and steps after it reuse their cached rollout/reward/advantage artifacts and
 re-run `update` on them, so nothing is sampled twice. A run whose every phase is already
 cached (a finished run, run again) is recognised before the model is loaded: nothing is
-loaded, restored or run, and the saved summary is returned.
+loaded, restored or run, and the saved summary is returned. A step's update key holds the
+learning rates of its optimizer updates rather than train.steps, so a run given a larger
+train.steps continues with its finished steps cached (a new total that would change a
+trained step's rate is refused first: tasks/session.py `_check_total_steps`).
 
 Both flows are async: Prefect's sync engine joins its heartbeat thread for up to a second
 at the end of every flow run, which would be ~5% of a quickstart step.
@@ -45,15 +48,17 @@ def _phase_inputs(session) -> dict:
                                  *selection),
         "reward": config_digest(cfg.rewards, *overlong),
         "advantage": config_digest(cfg.advantage, cfg.rollout.n),
-        # where compiled programs are cached changes no result (and may change on resume)
-        "update": config_digest(cfg.loss, dump_without(cfg.train, "compilation_cache_dir"), cfg.model.remat),
+        # Where compiled programs are cached changes no result (and may change on resume);
+        # train.steps changes a step's update only through its learning rates (`_input`).
+        "update": config_digest(cfg.loss, dump_without(cfg.train, "compilation_cache_dir", "steps"), cfg.model.remat),
         "eval": config_digest(cfg.model, cfg.eval, cfg.data, cfg.rollout.max_new_tokens),
     }
 
 
 def _input(session, step: int, phase: str, digests: dict, **extra) -> PhaseInput:
+    digest = config_digest(digests[phase], session.step_lrs(step)) if phase == "update" else digests[phase]
     return PhaseInput(run_id=session.run_id, run_dir=str(session.run_dir), step=step, phase=phase,
-                      process_index=session.process_index, config_digest=digests[phase], **extra)
+                      process_index=session.process_index, config_digest=digest, **extra)
 
 
 def _refresh(phase_input: PhaseInput) -> bool:

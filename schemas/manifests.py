@@ -13,7 +13,7 @@ Phase = Literal["rollout", "reward", "advantage", "update", "eval"]
 class PhaseManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    run_id: str = Field(description="Run identifier (the run directory's name plus a config hash).")
+    run_id: str = Field(description="Run identifier (the run directory's name when the run began, kept in its run_id file).")
     step: int = Field(ge=0, description="Training step the artifact belongs to.")
     phase: Phase = Field(description="Phase that wrote the artifact.")
     path: str = Field(description="Artifact path, relative to the run directory.")

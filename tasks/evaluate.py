@@ -2,7 +2,8 @@
 
 Cached like the training phases (tasks/cache.py): the key is the model's fingerprint
 plus every config field the scoring reads, records and payloads live under the eval
-directory, and a record whose Parquet file is gone or changed is recomputed.
+directory (whose id is kept in it as a training run's is, so a moved eval directory keeps its
+scores), and a record whose Parquet file is gone or changed is recomputed.
 """
 import re
 import time
@@ -19,6 +20,7 @@ from schemas.manifests import PhaseManifest
 from schemas.run import RunConfig
 from tasks.cache import PhaseInput, config_digest
 from tasks.eval_models import ModelSource, load_eval_model
+from tasks.session import run_id_of
 
 
 def eval_input(out_dir: str, source: ModelSource, cfg: RunConfig, samples: int) -> PhaseInput:
@@ -27,7 +29,7 @@ def eval_input(out_dir: str, source: ModelSource, cfg: RunConfig, samples: int) 
     sampling = [r.max_new_tokens, r.max_prompt_tokens, r.temperature, r.top_p, r.top_k]
     digest = config_digest(source.fingerprint, cfg.model.dtype, cfg.model.tokenizer, cfg.data, cfg.eval.num_prompts,
                            cfg.eval.max_new_tokens, sampling, cfg.rewards, cfg.train.seed, samples)
-    return PhaseInput(run_id=Path(out_dir).resolve().name, run_dir=out_dir, step=0, phase="eval",
+    return PhaseInput(run_id=run_id_of(Path(out_dir)), run_dir=out_dir, step=0, phase="eval",
                       config_digest=digest)
 
 

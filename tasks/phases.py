@@ -86,11 +86,28 @@ def advantage(phase_input: PhaseInput) -> PhaseManifest:
 @watched
 def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
+    if session.params_version > phase_input.step:
+        return _applied_update(phase_input, session)
     with compiles.in_phase("update"):
         metrics = session.update(phase_input.step, _upstream_table(session, phase_input, rollout_manifest),
                                  _upstream_table(session, phase_input),
                                  int(rollout_manifest.stats.get("prompt_width_floor", 0)))
     return _write_json(phase_input, session, metrics, started)
+
+
+def _applied_update(phase_input: PhaseInput, session) -> PhaseManifest:
+    """The manifest of an update the restored params already include, from its artifact: its
+    cache record is gone or was made under another key (one from an older version of the
+    key), and the update cannot run again on params past it."""
+    rel = artifact_path(session, phase_input.step, "update", "json")
+    path = session.run_dir / rel
+    if not path.is_file():
+        raise UserError(
+            f"step {phase_input.step}'s update artifact is missing but the params are past it (version "
+            f"{session.params_version}); restore the run directory's steps/ folder or start a new --run-dir"
+        )
+    return PhaseManifest(run_id=phase_input.run_id, step=phase_input.step, phase="update", path=rel, rows=1,
+                         sha256=sha256_file(path), schema_version=SCHEMA_VERSION, stats=json.loads(path.read_text()))
 
 
 @task(name="eval", task_run_name="eval-{phase_input.step}")

@@ -37,6 +37,7 @@ from tasks.model_source import check_model_source, resolve_model
 from tasks.multihost import auto_mesh_shape, global_max, warn_if_fsdp_spans_hosts
 
 _SESSIONS: dict[str, "TrainSession"] = {}
+RUN_ID_FILE = "run_id"
 
 
 def get_session(run_id: str) -> "TrainSession":
@@ -72,15 +73,15 @@ class RunLock:
 
 
 def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    """A run directory holds one run: only train.steps, where compilations are cached, whether
-    checkpoints are written in the background or compressed, rollout.weights_layout, eval,
-    logging and mesh may change on resume."""
+    """A run directory holds one run: only train.steps (see `_check_total_steps`), where
+    compilations are cached, whether checkpoints are written in the background or compressed,
+    rollout.weights_layout, eval, logging and mesh may change on resume."""
     saved = run_dir / "config.yaml"
     mutable = {"train": {"steps", "compilation_cache_dir"}, "checkpoint": {"asynchronous", "compress"},
                "rollout": {"weights_layout"}, "logging": None, "eval": None, "mesh": None}
     if saved.exists():
-        old = RunConfig.model_validate(read_yaml(saved)).model_dump(mode="json")
-        new = cfg.model_dump(mode="json")
+        old_cfg = RunConfig.model_validate(read_yaml(saved))
+        old, new = old_cfg.model_dump(mode="json"), cfg.model_dump(mode="json")
         for section, fields in mutable.items():
             for tree in (old, new):
                 if fields is None:
@@ -94,6 +95,57 @@ def _check_same_run(run_dir: Path, cfg: RunConfig) -> None:
                 f"run directory {run_dir} holds a run with a different config (sections {', '.join(changed)} "
                 "differ); resume it with its own config.yaml or pass a new --run-dir"
             )
+        _check_total_steps(run_dir, old_cfg, cfg)
+
+
+def _check_total_steps(run_dir: Path, old: RunConfig, new: RunConfig) -> None:
+    """train.steps may grow (or shrink to no fewer than the steps trained) as long as every
+    optimizer update already applied keeps its learning rate. A schedule that spans the
+    total (warmup_cosine decays over train.steps; warmup_steps null derives the warmup
+    from it) would give trained steps other rates than they had, so such a change is
+    refused; a constant schedule with an explicit warmup_steps extends exactly."""
+    done = trained_steps(run_dir)
+    if new.train.steps < done:
+        raise UserError(
+            f"run directory {run_dir} has trained {done} steps already, more than train.steps={new.train.steps}; "
+            f"pass train.steps={done} or more to resume it, or a new --run-dir"
+        )
+    if new.train.steps != old.train.steps and not np.array_equal(update_lrs(old.train, done), update_lrs(new.train, done)):
+        raise UserError(
+            f"train.steps={new.train.steps} would change the learning rate of the {done} steps run directory "
+            f"{run_dir} has trained (its {old.train.optimizer.lr_schedule.type} schedule spans "
+            f"train.steps={old.train.steps}); keep train.steps={old.train.steps}, or start a new --run-dir "
+            "(a constant schedule with an explicit warmup_steps can be extended)"
+        )
+
+
+def trained_steps(run_dir: Path) -> int:
+    """Steps whose update has run in `run_dir`: past its newest update artifact or checkpoint
+    (checkpoint labels count updates), found without opening either."""
+    updates = [int(p.parent.name.removeprefix("step-")) + 1 for p in run_dir.glob("steps/step-*/update*.json")]
+    checkpoints = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
+    return max(updates + checkpoints, default=0)
+
+
+def update_lrs(train, steps: int) -> np.ndarray:
+    """[steps * ppo_epochs] float32: the learning rate of each optimizer update of the first
+    `steps` steps of a run of `train.steps` (step s, epoch e is update s * ppo_epochs + e)."""
+    schedule = build_lr_schedule(train.optimizer.lr_schedule, train.steps)
+    counts = np.arange(steps * train.ppo_epochs, dtype=np.int32)
+    return np.broadcast_to(np.asarray(schedule(counts), np.float32), counts.shape)
+
+
+def run_id_of(run_dir: Path) -> str:
+    """The run's id, part of every phase's cache key: the directory's name when the run
+    first used it, kept in run_dir/run_id so that a run moved or copied elsewhere keeps its
+    keys (a directory from before the file existed gets its present name written). Every
+    process writes its own copy when missing: hosts may each hold a run directory."""
+    path = run_dir / RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = run_dir.resolve().name
+    atomic_write_bytes(path, run_id.encode())
+    return run_id
 
 
 def check_before_start(cfg: RunConfig, run_dir: Path) -> None:
@@ -113,10 +165,17 @@ class RunPlan:
     finished run with it, before any model load)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path):
-        self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_dir.resolve().name
+        self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_id_of(run_dir)
         self.num_processes, self.process_index = jax.process_count(), jax.process_index()
         self.derived = cfg.derive(self.num_processes, jax.device_count())
         self.stream = make_prompt_stream(cfg.data)
+        self._update_lrs = update_lrs(cfg.train, cfg.train.steps)
+
+    def step_lrs(self, step: int) -> list[float]:
+        """The learning rates of `step`'s optimizer updates (one per train.ppo_epochs): what
+        train.steps changes about the step, so its update's cache key holds them instead."""
+        epochs = self.cfg.train.ppo_epochs
+        return self._update_lrs[step * epochs : (step + 1) * epochs].tolist()
 
     @property
     def sampling_rounds(self) -> int:

@@ -145,13 +145,14 @@ def test_a_new_checkpoint_or_other_settings_make_a_new_cache_key(tmp_path):
 
     run_dir, _ = make_run(tmp_path, "tiny-llama", (1,))
     cfg, first = run_config(run_dir), resolve_source(str(run_dir))
-    key = eval_input("e", first, cfg, samples=0).cache_key()
-    assert eval_input("e", resolve_source(str(run_dir)), cfg, samples=0).cache_key() == key
-    assert eval_input("e", first, cfg, samples=4).cache_key() != key
-    assert eval_input("e", first, cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"temperature": 0.5})}),
+    out = str(tmp_path / "e")  # eval_input keeps the directory's id in it
+    key = eval_input(out, first, cfg, samples=0).cache_key()
+    assert eval_input(out, resolve_source(str(run_dir)), cfg, samples=0).cache_key() == key
+    assert eval_input(out, first, cfg, samples=4).cache_key() != key
+    assert eval_input(out, first, cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"temperature": 0.5})}),
                       samples=0).cache_key() != key
     checkpoints = Checkpoints(run_dir / "checkpoints")
     checkpoints.save(2, load_run_checkpoint(run_dir).model.params, {"count": jnp.zeros(())}, {"next_step": 2})
     checkpoints.close()
     second = resolve_source(str(run_dir))
-    assert second.step == 2 and eval_input("e", second, cfg, samples=0).cache_key() != key
+    assert second.step == 2 and eval_input(out, second, cfg, samples=0).cache_key() != key
