@@ -60,13 +60,13 @@ def resolve_model_config(name_or_path: str) -> ModelConfig:
     key = _PULLABLE_PRESETS.get(key, key)
     if key in PRESETS:
         return PRESETS[key]
-    match = re.match(r"(qwen2\.5|smollm2)-(\d+(?:\.\d+)?[mb])\b", key)
+    match = re.match(r"(?:meta-)?(qwen2\.5|qwen3|llama-3\.[123]|smollm2)-(\d+(?:\.\d+)?[mb])\b", key)
     if match and f"{match[1]}-{match[2]}" in PRESETS:
         return PRESETS[f"{match[1]}-{match[2]}"]
     raise UserError(
         f"model.name_or_path={name_or_path!r} is neither an HF directory with config.json nor a known "
         f"architecture; use a local model directory or one of {sorted(PRESETS)} (hub ids such as "
-        "Qwen/Qwen2.5-7B-Instruct map to their preset)"
+        "Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen3-8B or meta-llama/Llama-3.1-8B-Instruct map to their preset)"
     )
 
 

@@ -1,4 +1,4 @@
-"""Llama / Qwen2 decoder: config presets, pure-function forward, and the `Model` wrapper."""
+"""Llama / Qwen2 / Qwen3 decoder: config presets, pure-function forward, and the `Model` wrapper."""
 from grpo_core.models.config import PRESETS, ModelConfig
 from grpo_core.models.model import Model
 

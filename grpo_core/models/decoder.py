@@ -1,4 +1,4 @@
-"""Llama / Qwen2 decoder as pure functions over a params pytree.
+"""Llama / Qwen2 / Qwen3 decoder as pure functions over a params pytree.
 
 Layers are stacked on a leading L axis and the forward is one `lax.scan` over them, so
 compile time does not grow with depth. Weights keep their head axes ([D, N, Hd]) so the
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from grpo_core.models.config import ModelConfig
+from grpo_core.models.rope import apply_rope
 from grpo_core.sharding import constrain
 
 # Finite instead of -inf so a fully masked row (a pad query) gives uniform weights, not NaN.
@@ -51,6 +52,8 @@ def param_shapes(cfg: ModelConfig) -> dict:
     }
     if cfg.attention_bias:
         layers.update(bq=(L, Nq, Hd), bk=(L, Nkv, Hd), bv=(L, Nkv, Hd))
+    if cfg.qk_norm:
+        layers.update(q_norm=(L, Hd), k_norm=(L, Hd))
     shapes = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
     if not cfg.tie_word_embeddings:
         shapes["lm_head"] = (D, V)
@@ -65,7 +68,7 @@ def param_logical_axes(cfg: ModelConfig) -> dict:
         "wq": ("layers", "embed", "q_heads", "head_dim"), "wk": ("layers", "embed", "kv_heads", "head_dim"),
         "wv": ("layers", "embed", "kv_heads", "head_dim"), "wo": ("layers", "q_heads", "head_dim", "embed"),
         "bq": ("layers", "q_heads", "head_dim"), "bk": ("layers", "kv_heads", "head_dim"),
-        "bv": ("layers", "kv_heads", "head_dim"),
+        "bv": ("layers", "kv_heads", "head_dim"), "q_norm": ("layers", "head_dim"), "k_norm": ("layers", "head_dim"),
         "w_gate": ("layers", "embed", "mlp"), "w_up": ("layers", "embed", "mlp"), "w_down": ("layers", "mlp", "embed"),
     }
     shapes = param_shapes(cfg)
@@ -126,16 +129,6 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     return y.astype(x.dtype) * w.astype(x.dtype)
 
 
-def apply_rope(x: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, half-split layout (HF Llama). x: [B, T, N, Hd]; positions_bt: [B, T]."""
-    half = x.shape[-1] // 2
-    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
-    angles = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
-    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
 def attention(q, k, v, allowed_bts) -> jax.Array:
     """Grouped-query attention. q: [B, T, Nq, Hd]; k, v: [B, S, Nkv, Hd]; allowed_bts: [B, T, S] bool.
 
@@ -194,13 +187,17 @@ def attention_with_cache(q, k, v, allowed_bts, k_old, v_old, allowed_old_bts, he
 
 
 def _project_qkv(p: dict, x: jax.Array, positions_bt: jax.Array, cfg: ModelConfig):
-    """x: [B, T, D] -> q [B, T, Nq, Hd], k, v [B, T, Nkv, Hd] with RoPE applied to q and k."""
+    """x: [B, T, D] -> q [B, T, Nq, Hd], k, v [B, T, Nkv, Hd] with RoPE applied to q and k
+    (after the per-head q/k RMSNorm when the config has one)."""
     q = jnp.einsum("btd,dnh->btnh", x, p["wq"])
     k = jnp.einsum("btd,dnh->btnh", x, p["wk"])
     v = jnp.einsum("btd,dnh->btnh", x, p["wv"])
     if cfg.attention_bias:
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
-    return apply_rope(q, positions_bt, cfg.rope_theta), apply_rope(k, positions_bt, cfg.rope_theta), v
+    if cfg.qk_norm:
+        q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    theta, scaling = cfg.rope_theta, cfg.rope_scaling
+    return apply_rope(q, positions_bt, theta, scaling), apply_rope(k, positions_bt, theta, scaling), v
 
 
 @jax.custom_vjp

@@ -25,6 +25,8 @@ LAYER_NAMES = {
     "bq": ("self_attn.q_proj.bias", "heads"),
     "bk": ("self_attn.k_proj.bias", "heads"),
     "bv": ("self_attn.v_proj.bias", "heads"),
+    "q_norm": ("self_attn.q_norm.weight", "vector"),
+    "k_norm": ("self_attn.k_norm.weight", "vector"),
     "wo": ("self_attn.o_proj.weight", "heads_out"),
     "w_gate": ("mlp.gate_proj.weight", "transpose"),
     "w_up": ("mlp.up_proj.weight", "transpose"),
