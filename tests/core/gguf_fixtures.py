@@ -47,6 +47,8 @@ def random_hf_state(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
              "mlp.gate_proj.weight": (F, D), "mlp.up_proj.weight": (F, D), "mlp.down_proj.weight": (D, F)}
     if cfg.attention_bias:
         layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)})
+    if cfg.qk_norm:
+        layer.update({"self_attn.q_norm.weight": (cfg.head_dim,), "self_attn.k_norm.weight": (cfg.head_dim,)})
     for i in range(cfg.num_hidden_layers):
         shapes.update({f"model.layers.{i}.{k}": s for k, s in layer.items()})
     return {k: (0.2 * rng.standard_normal(s) + (1.0 if k.endswith("norm.weight") else 0.0)).astype(np.float32)
@@ -65,6 +67,7 @@ _GGUF_NAMES = {
     "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.bias": "attn_v.bias", "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
 }
 _TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
         "lm_head.weight": "output.weight"}
@@ -87,6 +90,9 @@ def _add_metadata(writer: gguf.GGUFWriter, cfg: ModelConfig) -> None:
     writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_dimension_count(cfg.head_dim)
+    if cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size:
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
     tokens = tiny_tokens()
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
@@ -101,10 +107,32 @@ def _add_metadata(writer: gguf.GGUFWriter, cfg: ModelConfig) -> None:
     writer.add_chat_template(CHAT_TEMPLATE)
 
 
-def write_tiny_gguf(path, cfg: ModelConfig, state: dict[str, np.ndarray]) -> None:
-    """Write `state` (HF names, torch layout) as a GGUF of `cfg.architecture` at `path`."""
+def llama_cpp_rope_factors(head_dim: int, theta: float, factor: float, low: float, high: float,
+                           original: int) -> np.ndarray:
+    """The rope_freqs.weight divisors llama.cpp's converter writes for llama3 RoPE scaling."""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < original / high:
+            out.append(1.0)
+        elif wavelen > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, np.float32)
+
+
+def write_tiny_gguf(path, cfg: ModelConfig, state: dict[str, np.ndarray], rope_factors=None, metadata=None) -> None:
+    """Write `state` (HF names, torch layout) as a GGUF of `cfg.architecture` at `path`;
+    `rope_factors` becomes rope_freqs.weight, `metadata(writer)` adds keys."""
     writer = gguf.GGUFWriter(str(path), cfg.architecture)
     _add_metadata(writer, cfg)
+    if metadata is not None:
+        metadata(writer)
+    if rope_factors is not None:
+        writer.add_tensor("rope_freqs.weight", np.asarray(rope_factors, np.float32))
     heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
     for hf_name, array in state.items():
         name = gguf_name(hf_name)
