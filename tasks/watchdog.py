@@ -4,7 +4,8 @@ A device program that never finishes (a collective whose peers took another path
 wedged chip) blocks the thread that waits on it inside C++: on a TPU for good, on CPU
 until XLA's rendezvous aborts the process with SIGABRT. Python cannot raise into that
 thread (jax releases the GIL while it waits, so other threads run, but an exception or a
-Prefect task timeout is only delivered when the waiting thread returns to Python). So a
+Prefect task timeout is only delivered when the waiting thread returns to Python;
+tests/tasks/test_watchdog.py blocks in a jitted loop that never ends). So a
 separate thread watches a timestamp: the thread that runs the phases sets
 `(step, phase, since)` when a phase starts and ends (`phase()`); when a phase has run
 longer than the timeout, the watchdog thread logs ONE sentence naming the step and the

@@ -1,4 +1,6 @@
-"""The phase watchdog (tasks/watchdog.py): a fake clock for the rules, a real process for the exit."""
+"""The phase watchdog (tasks/watchdog.py): a fake clock for the rules, real processes for the
+exit (blocked in a sleep, and inside a jitted program that never finishes)."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -90,3 +92,26 @@ def test_the_watchdog_thread_ends_a_process_blocked_in_a_phase(tmp_path):
     assert done.stderr.strip() == hang_sentence(2, "update", 0.5) and "Traceback" not in done.stderr
     assert (tmp_path / "hang.txt").read_text().strip() == hang_sentence(2, "update", 0.5)
     assert seconds < 15, seconds  # interpreter start + 0.5 s + a poll
+
+
+DEVICE_HANG = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import jax, jax.numpy as jnp
+    from tasks.watchdog import phase, watching
+
+    def forever(x):  # a device program that never finishes: its loop condition stays true
+        step = lambda c: (jnp.maximum(c[0] + 1, 0), c[1] @ c[1] * 0.5)
+        return jax.lax.while_loop(lambda c: c[0] >= 0, step, (x, jnp.ones((64, 64))))
+
+    compiled = jax.jit(forever).lower(jnp.int32(0)).compile()
+    with watching(float(sys.argv[2]), Path(sys.argv[1])), phase(0, "update"):
+        jax.block_until_ready(compiled(jnp.int32(0)))
+""")
+
+
+def test_the_watchdog_ends_a_process_blocked_inside_a_device_program(tmp_path):
+    done = subprocess.run([sys.executable, "-c", DEVICE_HANG, str(tmp_path), "1"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    assert done.returncode == EXIT_CODE, done.stderr[-2000:]
+    assert hang_sentence(0, "update", 1.0) in done.stderr and "Traceback" not in done.stderr
