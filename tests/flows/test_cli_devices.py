@@ -76,6 +76,9 @@ def test_smollm2_trains_on_two_devices_with_warm_start_and_async_checkpoints(tmp
     # The warm start compiled step 0's sampler and update; the steps ran those programs.
     assert summary["compiles"]["setup"]["programs"].get("jit(train_step)") == 1
     assert compiled_in_steps(summary, "jit(train_step)") == 0
+    # Nothing loaded from a persistent compilation cache: on a CPU mesh of several devices a
+    # loaded program may enter its collectives in another order per device (docs/dispatch.md).
+    assert sum(row["from_cache"] for row in summary["compiles"].values()) == 0
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
     # Resuming a finished run on the same devices loads nothing and runs nothing.
     again = grpo_train(run_dir, 2, "configs/quickstart_cpu.yaml", "train.steps=2", "checkpoint.every_steps=1", *SMALL)
