@@ -233,12 +233,13 @@ def _saved_per_token_layer(m: ModelConfig, pb: int) -> int:
     """Bytes one token keeps per layer for the backward pass (no remat), attention excluded.
 
     Param-dtype: layer input, normed input, q, k, v, attention output, residual after
-    attention, normed MLP input, gate, up, silu(gate)*up. float32: the two RMSNorm inputs
-    and RoPE'd q, k.
+    attention, normed MLP input, gate, up, silu(gate)*up, and with a q/k norm (Qwen3) q and k
+    before it. float32: the two RMSNorm inputs and RoPE'd q, k.
     """
     qkv = (m.num_attention_heads + 2 * m.num_key_value_heads) * m.head_dim
     attn_out = m.num_attention_heads * m.head_dim
-    dtype_part = (4 * m.hidden_size + qkv + attn_out + 3 * m.intermediate_size) * pb
+    qk_normed = (m.num_attention_heads + m.num_key_value_heads) * m.head_dim if m.qk_norm else 0
+    dtype_part = (4 * m.hidden_size + qkv + qk_normed + attn_out + 3 * m.intermediate_size) * pb
     f32_part = (2 * m.hidden_size + (m.num_attention_heads + m.num_key_value_heads) * m.head_dim) * 4
     return dtype_part + f32_part
 

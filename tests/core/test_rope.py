@@ -151,3 +151,12 @@ def test_inverse_frequencies_match_transformers(scaling, head_dim, theta):
     ref, attention_factor = ROPE_INIT_FUNCTIONS[scaling.rope_type](hf, "cpu")
     assert attention_factor == 1.0
     np.testing.assert_allclose(np.asarray(inverse_frequencies(head_dim, theta, scaling)), ref.numpy(), rtol=2e-7)
+
+
+def test_memory_estimate_counts_the_qk_norms():
+    from grpo_core.memory import Workload, param_bytes_per_device
+
+    for name in ("qwen3-8b", "llama-3.1-8b"):
+        w = Workload(model=PRESETS[name], param_bytes=2, prompts=16, group_size=8, max_prompt_tokens=256,
+                     new_tokens=1024, micro_batch=4, remat=True, optimizer="lion")
+        assert param_bytes_per_device(w, 2) == 2 * PRESETS[name].num_params
