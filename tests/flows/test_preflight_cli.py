@@ -99,5 +99,8 @@ def test_model_resolution(tmp_path):
     assert resolve_model_config("smollm2-135m-instruct") == PRESETS["smollm2-135m"]
     (tmp_path / "config.json").write_text(json.dumps(PRESETS["tiny-qwen2"].to_hf()))
     assert resolve_model_config(str(tmp_path)) == PRESETS["tiny-qwen2"]
+    assert resolve_model_config("Qwen/Qwen3-8B") == PRESETS["qwen3-8b"]
+    assert resolve_model_config("meta-llama/Llama-3.2-3B-Instruct") == PRESETS["llama-3.2-3b"]
+    assert resolve_model_config("meta-llama/Meta-Llama-3.1-8B-Instruct") == PRESETS["llama-3.1-8b"]
     with pytest.raises(UserError, match="model.name_or_path"):
-        resolve_model_config("meta-llama/Llama-3.1-8B")
+        resolve_model_config("mistralai/Mistral-7B-Instruct-v0.3")
