@@ -73,7 +73,8 @@ class ModelConfig:
         """Build from an HF config.json dict (LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM)."""
         arch = hf.get("model_type", "llama")
         if arch not in ARCHITECTURES:
-            raise UserError(f"config.json model_type {arch!r} is not supported; use a model of one of {ARCHITECTURES}.")
+            raise UserError(f"config.json model_type {arch!r} is not supported; use a checkpoint whose model_type "
+                            f"is {', '.join(ARCHITECTURES[:-1])} or {ARCHITECTURES[-1]}.")
         if hf.get("hidden_act", "silu") != "silu":
             raise UserError(f"config.json hidden_act {hf['hidden_act']!r} is not supported; only 'silu' is.")
         if arch == "qwen3" and (hf.get("use_sliding_window") or set(hf.get("layer_types") or ()) - {"full_attention"}):
