@@ -123,29 +123,31 @@ def test_a_moved_unfinished_run_resumes_with_its_finished_steps_cached(three_ste
 
 @pytest.mark.slow
 def test_extending_a_finished_run_trains_only_the_new_step(two_steps, three_steps_sha, tmp_path):
-    shutil.copytree(two_steps, tmp_path / "run")
-    before = artifacts(tmp_path / "run")
-    ok(grpo_train(tmp_path, tmp_path / "run", "train.steps=3"))
-    after = artifacts(tmp_path / "run")
+    run_dir = tmp_path / two_steps.name  # a copy under the same name: only the extension is new
+    shutil.copytree(two_steps, run_dir)
+    before = artifacts(run_dir)
+    ok(grpo_train(tmp_path, run_dir, "train.steps=3"))
+    after = artifacts(run_dir)
     assert {path: after[path] for path in before} == before
     assert sorted(set(after) - set(before)) == [f"steps/step-000002/{p}" for p in
                                                 ("advantage.parquet", "reward.parquet", "rollout.parquet", "update.json")]
-    assert cached_by_step(tmp_path / "run") == {0: True, 1: True, 2: False}
-    assert params_sha(tmp_path / "run") == three_steps_sha  # a constant schedule extends exactly
+    assert cached_by_step(run_dir) == {0: True, 1: True, 2: False}
+    assert params_sha(run_dir) == three_steps_sha  # a constant schedule extends exactly
 
 
 @pytest.mark.slow
 def test_a_run_whose_update_keys_are_gone_reuses_its_update_artifacts(two_steps, tmp_path):
     """As a run made under another update key (an older version of it) resumes: the restored
     params are past every update, so each update is its artifact, not a crash."""
-    shutil.copytree(two_steps, tmp_path / "run")
-    for record in (tmp_path / "run" / "prefect" / "keys").glob("update-*"):
+    run_dir = tmp_path / two_steps.name
+    shutil.copytree(two_steps, run_dir)
+    for record in (run_dir / "prefect" / "keys").glob("update-*"):
         record.unlink()
-    (tmp_path / "run" / "summary.json").unlink()
-    before = artifacts(tmp_path / "run")
-    ok(grpo_train(tmp_path, tmp_path / "run"))
-    assert artifacts(tmp_path / "run") == before and params_sha(tmp_path / "run") == params_sha(two_steps)
-    assert_nothing_to_do(tmp_path, tmp_path / "run", params_sha(two_steps))
+    (run_dir / "summary.json").unlink()
+    before = artifacts(run_dir)
+    ok(grpo_train(tmp_path, run_dir))
+    assert artifacts(run_dir) == before and params_sha(run_dir) == params_sha(two_steps)
+    assert_nothing_to_do(tmp_path, run_dir, params_sha(two_steps))
 
 
 @pytest.mark.slow
