@@ -5,7 +5,9 @@ Prefect's per-run engine chatter ("Beginning subflow run", "Finished in state
 Completed()", ...) is INFO on the `prefect.flow_runs`/`prefect.task_runs` loggers; it
 still reaches the Prefect API (their own handler), but on the terminal it counts as
 DEBUG, shown only with --verbose (so are the bare `prefect` logger's INFO notes).
-Warnings and errors are always shown.
+Warnings and errors are always shown, except Prefect's ERROR records of a run that failed
+with a `UserError` (its tracebacks, "Finished in state Failed"): the CLI prints the error
+as one sentence, the records still reach the Prefect API, and --verbose shows them.
 
 In a terminal a training run adds a live view at the bottom (rich). The console handler
 looks up `sys.stderr` at every record rather than holding the stream: while the live
@@ -18,6 +20,8 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
+
+from grpo_core.errors import UserError
 
 FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s"
 DATE_FORMAT = "%H:%M:%S"
@@ -58,6 +62,28 @@ class RunChatterFilter(logging.Filter):
         return True
 
 
+class UserErrorFilter(logging.Filter):
+    """Drops Prefect's records of a task or flow run that failed with a `UserError`, unless shown.
+
+    The engines log the exception (with its traceback) first, then "Finished in state
+    Failed(...)" without one: the run's id, remembered from the first, drops the second.
+    A flow fails with the same exception as the task or subflow that failed in it.
+    """
+
+    def __init__(self, show: bool):
+        super().__init__()
+        self.show, self.failed_runs = show, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.show or not record.name.startswith("prefect"):
+            return True
+        run_id = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            self.failed_runs.add(run_id)
+            return False
+        return not (run_id is not None and run_id in self.failed_runs and record.getMessage().startswith("Finished in state"))
+
+
 def setup_logging(verbosity: int = NORMAL) -> None:
     """The one logging setup of every command (QUIET: warnings and errors only).
 
@@ -70,6 +96,7 @@ def setup_logging(verbosity: int = NORMAL) -> None:
                              else logging.WARNING)
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     handler.addFilter(RunChatterFilter(show=verbosity >= VERBOSE))
+    handler.addFilter(UserErrorFilter(show=verbosity >= VERBOSE))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -1,8 +1,11 @@
-"""Shared pieces of the smoke-flow tests: a throwaway git repo holding the stand-in job, and
-a stand-in for gcloud ssh/scp."""
+"""Shared pieces of the smoke-flow tests: a throwaway git repo holding the stand-in job, a
+stand-in for gcloud ssh/scp, and stopping a process group the way a service manager does."""
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -56,3 +59,32 @@ class FakeSsh:
                 status.update(alive=False, exit_code=0, last_step=self.steps, steps_done=self.steps)
             return CommandResult(0, 0, json.dumps(status))
         return CommandResult(0, 0, "", "")
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float) -> float | None:
+    """SIGTERM the process group led by `proc` (a service manager's stop); the seconds until
+    `proc` exited, or None when it outlived `timeout_s` (it is left running)."""
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    return time.monotonic() - started
+
+
+def describe_process(pid: int) -> str:
+    """What keeps a process alive: its descendants and each process's threads (with py-spy,
+    when installed, the Python stack of each thread)."""
+    tree = subprocess.run(["ps", "-o", "pid,ppid,pgid,sid,stat,etime,args", "--forest", "--ppid", str(pid), "-p", str(pid)],
+                          capture_output=True, text=True).stdout
+    threads = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            threads.append(f"{task.name} {(task / 'comm').read_text().strip()} {(task / 'wchan').read_text().strip()}")
+        except OSError:
+            continue
+    stacks = ""
+    if shutil.which("py-spy"):
+        stacks = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60).stdout
+    return f"{tree}\nthreads (tid comm wchan):\n" + "\n".join(threads) + f"\n{stacks}"

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from smoke_helpers import ROOT, SECRET, grep_tree  # noqa: E402
+from smoke_helpers import ROOT, SECRET, describe_process, grep_tree, stop_group  # noqa: E402
 from tpu.spec import node_name
 
 pytestmark = pytest.mark.slow
 PREFECT = [sys.executable, "-m", "prefect"]
+# How long a process of the stack may take to exit on SIGTERM: generous, since a worker with
+# no run in flight has nothing to wait for.
+STOP_S = 30
 STAND_IN = ['job_command=["repo/tests/tpu/fake_job.py"]', "preflight=false",
             'timeouts={"ready_s": 60, "command_s": 300, "job_s": 300, "poll_s": 0.5}']
 
@@ -42,12 +45,12 @@ class Stack:
         self.env = {**os.environ, "PREFECT_HOME": str(root / "home"), "PREFECT_API_URL": self.api,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GRPO_LOCAL_TPU_ROOT": str(self.vms),
                     "WANDB_API_KEY": SECRET, "PREFECT_LOGGING_LEVEL": "INFO"}
-        self.procs = []
+        self.procs, self.stop_seconds = [], {}
 
     def start(self, name: str, argv: list[str]) -> None:
         log = open(self.root / f"{name}.log", "w")
-        self.procs.append(subprocess.Popen(argv, cwd=self.repo, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+        self.procs.append((name, subprocess.Popen(argv, cwd=self.repo, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                                  start_new_session=True)))
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([*PREFECT, *args], cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=300)
@@ -93,14 +96,19 @@ class Stack:
         found = self.get("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["tpu-smoke-v6e-8"]}}})
         return found[0]["data"]
 
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # a worker still draining its runs: the stack goes anyway
+    def stop(self) -> dict[str, str]:
+        """SIGTERM the worker, then the server, as a service manager stops them. What kept a
+        process past STOP_S, by name (it is then killed: the stack goes either way)."""
+        stuck = {}
+        for name, proc in reversed(self.procs):
+            if proc.poll() is not None:
+                continue
+            self.stop_seconds[name] = stop_group(proc, STOP_S)
+            if self.stop_seconds[name] is None:
+                stuck[name] = describe_process(proc.pid) + (self.root / f"{name}.log").read_text()[-3000:]
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+        return stuck
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +123,7 @@ def stack(tmp_path_factory):
         stack.start("worker", [*PREFECT, "worker", "start", "--pool", "grpo-process", "--limit", "2"])
         yield stack
     finally:
-        stack.stop()
+        stack.stop()  # cleanup; the last test asserts that the stack stops on SIGTERM
 
 
 def test_smoke_deployment_completes_and_deletes_the_vm(stack):
@@ -196,7 +204,7 @@ def test_cancelling_a_running_smoke_deletes_the_vm(stack):
 
 
 def test_planted_wandb_key_is_nowhere(stack):
-    """Runs last in this module: greps the server database, logs, results and run files."""
+    """Runs after every smoke run of this module: greps the server database, logs, results and run files."""
     logs = stack.get("/logs/filter", {"limit": 200})
     assert logs and all(SECRET not in entry["message"] for entry in logs)
     runs = stack.get("/flow_runs/filter", {"limit": 50})
@@ -206,3 +214,11 @@ def test_planted_wandb_key_is_nowhere(stack):
     assert grep_tree(stack.results, SECRET) == [] and grep_tree(stack.repo, SECRET) == []
     for name in ("server.log", "worker.log"):
         assert SECRET not in (stack.root / name).read_text()
+
+
+def test_worker_and_server_stop_on_sigterm(stack):
+    """Runs last: after the runs above, SIGTERM stops the worker and then the server, each
+    within STOP_S; no run is in flight, so nothing is left to drain."""
+    stuck = stack.stop()
+    print("seconds to exit on SIGTERM:", stack.stop_seconds)
+    assert not stuck, "\n\n".join(f"{name} outlived SIGTERM by {STOP_S} s:\n{why}" for name, why in stuck.items())
