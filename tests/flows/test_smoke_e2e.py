@@ -4,7 +4,7 @@ deployments/prefect.yaml, and `prefect deployment run tpu-smoke/smoke-v6e8 -p pr
 The stack runs from a clean clone of HEAD (the smoke flow refuses a dirty tree). The
 training job is the stand-in tests/tpu/fake_job.py (same arguments, outputs and fault
 injection as `grpo train`) for the fault and cancellation runs, so they take seconds; one run
-trains for real with `grpo train` and a tiny random model.
+trains for real: `grpo train` with configs/smoke_v6e8.yaml as shipped (SmolLM2) on 8 host devices.
 """
 import importlib.util
 import json
@@ -151,27 +151,24 @@ def test_smoke_deployment_accepts_queued_provisioning(stack):
     assert list(stack.vms.iterdir()) == []
 
 
-TINY = ["model.name_or_path=tiny-llama", "model.init=random", "model.tokenizer=byte", "rollout.batch_size=4",
-        "rollout.n=2", "rollout.max_new_tokens=8", "train.steps=2"]
-
-
+@pytest.mark.timeout(3000)
 def test_smoke_deployment_with_real_grpo_train(stack):
-    # 8 host CPU devices, like the 8 chips of a v6e-8. The job starts its own temporary
-    # Prefect server, slow on a busy 2-core machine.
+    """configs/smoke_v6e8.yaml as shipped (the real SmolLM2, 3 steps) on 8 host CPU devices,
+    like the 8 chips of the v6e-8 it is made for. The job starts its own temporary Prefect
+    server, slow on a busy 2-core machine."""
     job_env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
-    run_id = stack.run(f"overrides={json.dumps(TINY)}", f"job_env={json.dumps(job_env)}",
-                       'timeouts={"job_s": 1200, "poll_s": 2}')
-    flow_run = stack.wait(run_id, timeout_s=1500)
+    run_id = stack.run(f"job_env={json.dumps(job_env)}", 'timeouts={"job_s": 2400, "poll_s": 2}')
+    flow_run = stack.wait(run_id, timeout_s=2700)
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
     report = stack.artifact(run_id)
-    assert "2 steps, exit code 0" in report and "| preflight | ok |" in report and "| delete | ok |" in report
+    assert "3 steps, exit code 0" in report and "| preflight | ok |" in report and "| delete | ok |" in report
     if importlib.util.find_spec("libtpu") is not None:  # the worker compiled the run for v6e-8 before renting
         assert "## XLA's memory per device" in report and "update" in report.split("## XLA's memory")[1]
     metrics = list(stack.run_results(run_id).rglob("metrics.jsonl"))
     assert len(metrics) == 1, metrics
     rows = [json.loads(line) for line in metrics[0].read_text().splitlines()]
-    assert len({row["step"] for row in rows}) == 2  # grpo train counts steps from 0
+    assert len({row["step"] for row in rows}) == 3  # grpo train counts steps from 0
     assert list(stack.vms.iterdir()) == []
 
 
