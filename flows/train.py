@@ -31,7 +31,8 @@ from schemas.run import RunConfig
 from tasks import phases, warm_start, watchdog
 from tasks.cache import PhaseInput, cache_options, cached_manifest, config_digest, drop_if_broken, dump_without
 from tasks.multihost import all_processes
-from tasks.session import RunLock, RunPlan, TrainSession, get_session
+from tasks.session import TrainSession, get_session
+from tasks.run_dir import RunLock, RunPlan
 
 logger = logging.getLogger("grpo_flows.train")
 

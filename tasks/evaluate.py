@@ -20,7 +20,7 @@ from schemas.manifests import PhaseManifest
 from schemas.run import RunConfig
 from tasks.cache import PhaseInput, config_digest
 from tasks.eval_models import ModelSource, load_eval_model
-from tasks.session import run_id_of
+from tasks.run_dir import run_id_of
 
 
 def eval_input(out_dir: str, source: ModelSource, cfg: RunConfig, samples: int) -> PhaseInput:

@@ -38,7 +38,7 @@ def train(args: argparse.Namespace) -> int:
         home = run_dir.absolute() / "prefect" / f"home-p{jax.process_index()}"
         home.mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home)
-    from tasks.session import check_before_start
+    from tasks.run_dir import check_before_start
 
     check_before_start(cfg, run_dir)
     from flows.local_server import embedded_server

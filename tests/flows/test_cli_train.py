@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.session import RunLock
+from tasks.run_dir import RunLock
 from train_helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]

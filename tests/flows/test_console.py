@@ -14,7 +14,7 @@ import yaml
 
 from flows.cli.main import build_parser
 from flows.console import NORMAL, QUIET, VERBOSE, setup_logging, step_line, step_summary
-from tasks.session import RunLock
+from tasks.run_dir import RunLock
 from train_helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -177,7 +177,7 @@ def test_a_checkpoint_save_killed_half_way_is_skipped(tmp_path):
 
 
 def test_export_while_the_run_is_training(run, tmp_path):
-    from tasks.session import RunLock
+    from tasks.run_dir import RunLock
 
     run_dir, saved = run
     lock = RunLock(run_dir)  # what a live `grpo train` holds

@@ -20,12 +20,12 @@ STAMP = r"(\d\d:\d\d:\d\d\.\d\d\d) \| \w+ +\| [\w.]+ - "
 def test_the_timeout_is_in_no_phase_cache_key_and_may_change_on_resume(tmp_path):
     from flows.train import _phase_inputs
     from schemas.loading import config_to_yaml
-    from tasks.session import RunPlan, _check_same_run
+    from tasks.run_dir import RunPlan, check_same_run
 
     digests = [_phase_inputs(RunPlan(tiny_config(f"logging.phase_timeout_s={t}"), tmp_path)) for t in (1800, 5, 0)]
     assert digests[0] == digests[1] == digests[2]
     (tmp_path / "config.yaml").write_text(config_to_yaml(tiny_config("logging.phase_timeout_s=5")))
-    _check_same_run(tmp_path, tiny_config("logging.phase_timeout_s=60"))  # no error
+    check_same_run(tmp_path, tiny_config("logging.phase_timeout_s=60"))  # no error
 
 
 def test_smoke_flow_calls_a_hung_job_a_hang_and_deletes_the_vm(prefect_harness, tmp_path):

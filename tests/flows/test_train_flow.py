@@ -11,7 +11,7 @@ import pytest
 
 from grpo_core.errors import UserError
 from grpo_core.sampling import prompt_slots
-from tasks.session import RunLock
+from tasks.run_dir import RunLock
 from train_helpers import read_wandb_history, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -53,7 +53,7 @@ def test_the_first_step_compiles_nothing_the_warm_start_compiled(tmp_path, persi
 
 
 def test_a_warm_start_no_flow_took_releases_the_run_directory(tmp_path):
-    from tasks.session import RunLock
+    from tasks.run_dir import RunLock
 
     warm_start.start(tiny_config(), tmp_path)
     warm_start.discard(tmp_path)

@@ -53,15 +53,15 @@ def test_cache_folder_and_checkpoint_mode_may_change_on_resume_without_new_cache
     from flows.train import _phase_inputs
     from grpo_core.errors import UserError
     from schemas.loading import config_to_yaml
-    from tasks.session import _check_same_run
+    from tasks.run_dir import check_same_run
 
     first = tiny_config()
     (tmp_path / "config.yaml").write_text(config_to_yaml(first))
     moved = tiny_config("train.compilation_cache_dir=gs://bucket/xla", "checkpoint.asynchronous=false")
-    _check_same_run(tmp_path, moved)
+    check_same_run(tmp_path, moved)
     assert _phase_inputs(SimpleNamespace(cfg=moved)) == _phase_inputs(SimpleNamespace(cfg=first))
     with pytest.raises(UserError, match="sections train differ"):
-        _check_same_run(tmp_path, tiny_config("train.seed=1"))
+        check_same_run(tmp_path, tiny_config("train.seed=1"))
 
 
 def test_rollout_on_a_generation_layout_samples_what_the_training_layout_does(tmp_path):
