@@ -17,7 +17,7 @@ def _api_key() -> str | None:
     try:
         from prefect.blocks.system import Secret
 
-        return Secret.load(SECRET_BLOCK).get()
+        return Secret.load(SECRET_BLOCK, _sync=True).get()  # a coroutine otherwise, inside the async flow
     except Exception:  # no server, no block: treated as "no key"
         return None
 
