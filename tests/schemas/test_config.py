@@ -21,7 +21,9 @@ def test_configs_dir_is_not_empty():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
     cfg = load_run_config(path)
-    assert cfg.derive(1, 1).sequences_global_per_step == cfg.rollout.batch_size * cfg.rollout.n
+    shape = cfg.mesh.shape  # a config may name its slice's mesh (the 8B v6e-16 one: fsdp=16)
+    devices = 1 if shape == "auto" else shape.dp * shape.fsdp * shape.tp
+    assert cfg.derive(1, devices).sequences_global_per_step == cfg.rollout.batch_size * cfg.rollout.n
     assert path.read_text().startswith("#"), "each config starts with a comment header"
 
 
