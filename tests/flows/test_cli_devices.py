@@ -5,7 +5,9 @@ one JAX process. The warm start and asynchronous checkpoints are on, as by defau
 A program whose collectives enter the devices in different orders aborts XLA:CPU in its
 rendezvous after 40 s (a TPU hangs instead); these runs are the ones that caught it
 (tasks/dispatch.py, grpo_core.compiles.persistent_cache_safe). The 2-device run is in the
-fast tier; each generation layout and the smoke config on 8 devices are in the slow tier.
+fast tier; the other generation layouts and a kill -9 resume are in the slow tier, and the
+smoke deployment's end-to-end test (tests/flows/test_smoke_e2e.py) trains configs/smoke_v6e8.yaml
+as shipped on 8 host devices.
 """
 import json
 import os
@@ -86,9 +88,11 @@ def test_smollm2_trains_on_two_devices_with_warm_start_and_async_checkpoints(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout,devices", [("replicated", 2), ("fsdp", 2), ("tp", 3)])
+@pytest.mark.parametrize("layout,devices", [("replicated", 2), ("tp", 3)])
 def test_smollm2_trains_with_each_generation_layout(tmp_path, layout, devices):
-    """tp needs a device count that divides SmolLM2's 9 query and 3 KV heads: 3 devices."""
+    """The other generation layouts; "fsdp" is what `auto` gives on CPU, so the 2-device run
+    above and the kill -9 run below sample with it. tp needs a device count that divides
+    SmolLM2's 9 query and 3 KV heads: 3 devices."""
     run_dir = tmp_path / layout
     sets = ["train.steps=3", "checkpoint.every_steps=1", f"rollout.weights_layout={layout}", *SMALL]
     if devices == 3:
@@ -96,14 +100,7 @@ def test_smollm2_trains_with_each_generation_layout(tmp_path, layout, devices):
     result = grpo_train(run_dir, devices, "configs/quickstart_cpu.yaml", *sets)
     assert_trained(result, run_dir, 3)
     rollout = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    assert rollout.get("generation_weights_gib", 0.0) > 0.0 or layout == "fsdp"
-
-
-@pytest.mark.slow
-def test_smoke_config_as_shipped_on_eight_devices(tmp_path):
-    """What `tpu-smoke/smoke-v6e8` runs on a v6e-8, on 8 host devices."""
-    run_dir = tmp_path / "smoke"
-    assert_trained(grpo_train(run_dir, 8, "configs/smoke_v6e8.yaml", timeout=1500), run_dir, 3)
+    assert rollout["generation_weights_gib"] > 0.0  # sampled from its own copy of the weights
 
 
 @pytest.mark.slow
