@@ -148,3 +148,14 @@ def write_tiny_gguf(path, cfg: ModelConfig, state: dict[str, np.ndarray], rope_f
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def assert_tensors_match(converted: dict, state: dict) -> None:
+    """Every converted tensor equals the original (quantized ones within one Q8_0 step)."""
+    assert set(converted) == set(state)
+    for name, original in state.items():
+        if gguf_name(name).endswith(QUANTIZED):  # Q8_0: error below one quantization step
+            step = np.abs(original).max(axis=-1, keepdims=True) / 127
+            assert np.all(np.abs(converted[name] - original) <= step), name
+        else:
+            np.testing.assert_array_equal(converted[name], original, err_msg=name)

@@ -16,23 +16,13 @@ from grpo_core.models.hf_names import params_from_hf_state
 from grpo_core.models.loading import load_pretrained
 from grpo_core.models.rope import RopeScaling
 from tests.core.gguf_fixtures import (
-    QUANTIZED, gguf_name, llama_cpp_rope_factors, random_hf_state, tiny_config, write_tiny_gguf,
+    assert_tensors_match, llama_cpp_rope_factors, random_hf_state, tiny_config, write_tiny_gguf,
 )
 
 # 4 heads of 128 beside a hidden size of 64. 128 is also Qwen3Config's default head_dim,
 # which transformers' GGUF reader uses for qwen3 files (it skips attention.key_length).
 QWEN3 = dataclasses.replace(tiny_config("qwen3"), head_dim=128)
 LLAMA3 = dataclasses.replace(tiny_config("llama"), rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192))
-
-
-def _assert_tensors_match(converted, state):
-    assert set(converted) == set(state)
-    for name, original in state.items():
-        if gguf_name(name).endswith(QUANTIZED):  # Q8_0: error below one quantization step
-            step = np.abs(original).max(axis=-1, keepdims=True) / 127
-            assert np.all(np.abs(converted[name] - original) <= step), name
-        else:
-            np.testing.assert_array_equal(converted[name], original, err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def qwen3(tmp_path_factory):
 def test_qwen3_converts_with_its_norms_and_head_dim(qwen3):
     state, _, out = qwen3
     assert any(name.endswith("self_attn.q_norm.weight") for name in state)
-    _assert_tensors_match(load_file(out / "model.safetensors"), state)
+    assert_tensors_match(load_file(out / "model.safetensors"), state)
     hf = json.loads((out / "config.json").read_text())
     assert hf["model_type"] == "qwen3" and hf["architectures"] == ["Qwen3ForCausalLM"]
     assert ModelConfig.from_hf(hf) == QWEN3
@@ -86,7 +76,7 @@ def test_llama3_rope_factors_become_rope_scaling(tmp_path, original):
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": original or 8192,
                                      "rope_theta": 10000.0}
     assert ModelConfig.from_hf(hf) == cfg
-    _assert_tensors_match(load_file(out / "model.safetensors"), state)  # rope_freqs is not a weight
+    assert_tensors_match(load_file(out / "model.safetensors"), state)  # rope_freqs is not a weight
 
 
 def test_linear_scaling_metadata_converts(tmp_path):
