@@ -106,8 +106,7 @@ def _applied_update(phase_input: PhaseInput, session) -> PhaseManifest:
             f"step {phase_input.step}'s update artifact is missing but the params are past it (version "
             f"{session.params_version}); restore the run directory's steps/ folder or start a new --run-dir"
         )
-    return PhaseManifest(run_id=phase_input.run_id, step=phase_input.step, phase="update", path=rel, rows=1,
-                         sha256=sha256_file(path), schema_version=SCHEMA_VERSION, stats=json.loads(path.read_text()))
+    return _json_manifest(phase_input, session, rel, json.loads(path.read_text()))
 
 
 @task(name="eval", task_run_name="eval-{phase_input.step}")
@@ -129,6 +128,11 @@ def _write_json(phase_input: PhaseInput, session, stats: dict, started: float) -
     if phase_input.phase == "update" and session.should_checkpoint(phase_input.step):
         with compiles.in_phase("checkpoint"), watched_phase(phase_input.step, "checkpoint"):
             session.save_checkpoint(phase_input.step)  # its own timing; the write goes on in the background
+    return _json_manifest(phase_input, session, rel, stats, seconds)
+
+
+def _json_manifest(phase_input: PhaseInput, session, rel: str, stats: dict, seconds: float = 0.0) -> PhaseManifest:
+    """The manifest of a phase whose artifact is the JSON file `rel` (update, eval)."""
     return PhaseManifest(run_id=phase_input.run_id, step=phase_input.step, phase=phase_input.phase, path=rel,
                          rows=1, sha256=sha256_file(session.run_dir / rel), schema_version=SCHEMA_VERSION,
                          stats=stats, seconds=seconds)
