@@ -17,7 +17,7 @@ overhead here) and the in-flow overhead (flow step wall time minus the phase tas
 compute seconds). The first `warmup` steps compile and are excluded. On a loaded machine
 both carry the compute's noise, so the fixed per-step cost is also measured the same way
 on a tiny random model (compute ~0) and divided by the plain quickstart step
-(`fixed_overhead_fraction`), with a cProfile of that run in results/overhead_profile.txt.
+(`fixed_overhead_fraction`), with a cProfile of that run in overhead_profile.txt next to the JSON result.
 
     python -m benchmarks.overhead [--steps 4] [--warmup 1]
 """
@@ -153,7 +153,7 @@ def fixed_overhead(steps: int, warmup: int, profile_path: Path | None) -> dict:
             "flow_minus_compute_s": statistics.median(r["flow"] - r["flow_compute"] for r in timed)}
 
 
-def run(steps: int = 4, warmup: int = 1, tiny_steps: int = 6) -> dict:
+def run(steps: int = 4, warmup: int = 1, tiny_steps: int = 6, results_dir: Path = RESULTS_DIR) -> dict:
     cfg = quickstart_config(steps + 1)
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         started = time.perf_counter()
@@ -161,10 +161,10 @@ def run(steps: int = 4, warmup: int = 1, tiny_steps: int = 6) -> dict:
         wall = time.perf_counter() - started
     result = {"config": "configs/quickstart_cpu.yaml (checkpoints off)", "steps": steps, "warmup_steps": warmup,
               **summarize(records, warmup), "wall_seconds": wall,
-              "tiny_model": fixed_overhead(tiny_steps, warmup, RESULTS_DIR / "overhead_profile.txt")}
+              "tiny_model": fixed_overhead(tiny_steps, warmup, results_dir / "overhead_profile.txt")}
     tiny = result["tiny_model"]["flow_minus_plain_s"]
     result["fixed_overhead_fraction"] = tiny / result["plain_step_median_s"]
-    write_result("overhead", result)
+    write_result("overhead", result, results_dir)
     return result
 
 

@@ -9,18 +9,19 @@ advantages. Each point: one warm-up call (compiles that shape), then the median 
 
     python -m benchmarks.scaling [--quick]
 
-Writes results/scaling.json, results/scaling_batch.png and results/scaling_length.png.
+Writes scaling.json, scaling_batch.png and scaling_length.png into the results folder.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
 from flows.cli.main import positive_int
-from benchmarks.report import RESULTS_DIR, fit_power_law, write_result
+from benchmarks.report import RESULTS_DIR, fit_power_law, run_dir, write_result
 
 FULL = {"batch": {"values": [1, 2, 4, 8], "fixed": 64}, "length": {"values": [32, 64, 128, 256], "fixed": 2}}
 QUICK = {"batch": {"values": [1, 2, 4], "fixed": 32}, "length": {"values": [32, 64, 128], "fixed": 1}}
@@ -111,17 +112,17 @@ def plot_curve(curve: dict, key: str, path) -> None:
     plt.close(fig)
 
 
-def run(quick: bool = False, repeats: int | None = None) -> dict:
+def run(quick: bool = False, repeats: int | None = None, results_dir: Path = RESULTS_DIR) -> dict:
     grid = QUICK if quick else FULL
     repeats = repeats or (1 if quick else 3)
     bench = StepBench()
     curves = {x: measure_curve(bench, x, grid[x]["values"], grid[x]["fixed"], repeats) for x in ("batch", "length")}
     for key, curve in curves.items():
-        plot_curve(curve, key, RESULTS_DIR / f"scaling_{key}.png")
+        plot_curve(curve, key, results_dir / f"scaling_{key}.png")
     result = {"model": "smollm2-135m-instruct", "dtype": "float32", "samples_per_prompt": bench.n,
               "repeats": repeats, "quick": quick, "curves": curves,
-              "plots": [f"results/scaling_{key}.png" for key in curves]}
-    write_result("scaling", result)
+              "plots": [f"scaling_{key}.png" for key in curves]}
+    write_result("scaling", result, results_dir)
     return result
 
 
@@ -137,8 +138,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter points")
     parser.add_argument("--repeats", type=positive_int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: a new one under "
+                                                               "~/.cache/grpo-flows/benchmarks)")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.repeats)
+    result = run(args.quick, args.repeats, results_dir=args.out or run_dir())
     print_table(result)
     return result
 

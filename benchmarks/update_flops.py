@@ -11,7 +11,8 @@ too, as it is less sensitive to neighbours taking the cores. The update is
 small Llama-shaped model. Its FLOPs are counted analytically as the matmul work the
 decoder executes: projections, MLP, LM head, and attention over all T x T scores (the
 decoder computes the full square and masks it), times 3 for forward + backward (XLA's cost analysis is no cross-check here: it
-counts the body of the scan over layers once). Writes benchmarks/results/update_flops.json.
+counts the body of the scan over layers once). Writes update_flops.json into a new results
+folder under ~/.cache/grpo-flows/benchmarks, or to `--out FILE`.
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.report import run_dir
 from flows.cli.main import positive_int
 from grpo_core.models.config import PRESETS, ModelConfig
 from grpo_core.models.decoder import init_params, param_logical_axes
 from grpo_core.sharding import make_mesh, shard_params
 from grpo_core.train_step import Trainer
 
-RESULTS = Path(__file__).parent / "results" / "update_flops.json"
 
 
 def bench_config(args) -> ModelConfig:
@@ -156,13 +157,13 @@ def parse_args(argv=None):
                           ("micro_batches", 1), ("matmul_n", 2048), ("repeats", 5)]:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=positive_int, default=default)
     p.add_argument("--remat", action="store_true", help="recompute layers in the backward pass")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=None, help="JSON result file")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = args.out
+    out = args.out or run_dir() / "update_flops.json"
     del args.out
     result = run(args)
     print_table(result)
