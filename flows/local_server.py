@@ -8,6 +8,12 @@ server is re-parented, so `getppid()` changes). Polling works the same on Linux 
 macOS, unlike a parent-death signal. The server gets its own session, so Ctrl-C in the
 terminal reaches only the CLI, which then stops the server after the flow has reported.
 
+Usage reporting is off unless the user opts in: a server the user never started does not
+report usage, and Prefect's client prints its "collects anonymous usage data" notice on
+import in a terminal. `quiet_analytics` applies that rule to the `grpo` process (before
+Prefect is imported) and to the server's environment; PREFECT_SERVER_ANALYTICS_ENABLED=true
+in the user's environment turns reporting on (and leaves the rest to Prefect).
+
 Run as `python -m flows.local_server PARENT_PID UVICORN_ARGS...` by `GuardedServer`.
 """
 from __future__ import annotations
@@ -18,10 +24,27 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from contextlib import contextmanager
 
 _POLL_SECONDS = 0.5
 _GRACE_SECONDS = 10.0
+
+
+ANALYTICS = "PREFECT_SERVER_ANALYTICS_ENABLED"
+
+
+def quiet_analytics(environ: MutableMapping[str, str]) -> None:
+    """No usage reporting and no telemetry notice unless `environ` sets ANALYTICS to true.
+
+    Prefect's client shows its notice and sends SDK events unless DO_NOT_TRACK is set (the
+    server setting alone does not stop the notice), so both are set; values the user chose
+    stay as they are.
+    """
+    if environ.get(ANALYTICS, "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    environ.setdefault(ANALYTICS, "false")
+    environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def _stop_when_orphaned(parent_pid: int) -> None:
@@ -50,6 +73,7 @@ def _server_class():
         def _run_uvicorn_command(self) -> subprocess.Popen:
             env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                    "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True)}
+            quiet_analytics(env)
             argv = [sys.executable, "-m", __name__, str(os.getpid()), *uvicorn_argv(self.port)]
             return subprocess.Popen(argv, env=env, start_new_session=True)
 

@@ -7,6 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
+from flows.local_server import quiet_analytics
 from grpo_core.errors import writable_dir
 
 
@@ -15,7 +16,7 @@ def default_out_dir(config_path: str) -> Path:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # as in `grpo train`
+    quiet_analytics(os.environ)  # as in `grpo train`
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from schemas import load_run_config
 

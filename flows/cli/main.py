@@ -9,9 +9,11 @@ input, 3 for "will not fit"); anything else keeps its traceback. Every command g
 """
 import argparse
 import importlib
+import os
 import sys
 
 from flows.console import NORMAL, QUIET, VERBOSE, setup_logging
+from flows.local_server import quiet_analytics
 from grpo_core.errors import UserError
 
 COMMAND_MODULES = (
@@ -70,6 +72,7 @@ def positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; as the program itself (argv from the command line), also leave the
     process at once when done (see `_leave`). Called with an argv list (tests), return."""
+    quiet_analytics(os.environ)  # before anything imports Prefect, which shows its notice on import
     args = build_parser().parse_args(argv)
     setup_logging(args.verbosity)
     try:

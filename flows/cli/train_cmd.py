@@ -7,6 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
+from flows.local_server import quiet_analytics
 from grpo_core.errors import writable_dir
 
 
@@ -15,8 +16,9 @@ def default_run_dir(config_path: str) -> Path:
 
 
 def train(args: argparse.Namespace) -> int:
-    # The embedded server's usage telemetry contends for its SQLite file with the run itself.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded server reports no usage unless the user opts in (its telemetry would also
+    # contend for the SQLite file with the run itself).
+    quiet_analytics(os.environ)
     # A loaded 2-core laptop can take longer than Prefect's default 20 s to start the embedded server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from schemas import load_run_config
