@@ -1,4 +1,4 @@
-"""Accelerator time goes to compute (issue 18): checkpoint overhead, compiles per run, time
+"""Accelerator time goes to compute: checkpoint overhead, compiles per run, time
 to the first step with and without the persistent compilation cache.
 
 Every figure comes from real `grpo train` commands (one process each, as a user runs them)

@@ -1,4 +1,4 @@
-"""Estimate vs measured peak memory on CPU (issue 7): is grpo_core.memory within +-30%?
+"""Estimate vs measured peak memory on CPU: is grpo_core.memory within +-30%?
 
 For each of three configs of a tiny llama-shaped model and each phase, a FRESH
 subprocess builds the model inputs, runs the real code once (grpo_core.sampling.generate

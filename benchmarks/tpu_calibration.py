@@ -37,7 +37,7 @@ def cell_overrides(model: str, batch: str, length: str) -> list[str]:
     (prompts, n), (prompt_len, new) = BATCHES[batch], LENGTHS[length]
     return [f"model.name_or_path={MODELS[model]}", f"rollout.batch_size={prompts}", f"rollout.n={n}",
             f"rollout.max_prompt_tokens={prompt_len}", f"rollout.max_new_tokens={new}", "eval.every_steps=0",
-            "rollout.weights_layout=fsdp"]  # the training layout: the grid calibrates it (issue 19 adds the others)
+            "rollout.weights_layout=fsdp"]  # the training layout: the grid calibrates it
 
 
 def jobs() -> list[tuple[str, ...]]:

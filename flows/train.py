@@ -140,8 +140,8 @@ def shared_client():
     """One Prefect API client for every task run and progress update of a training run.
 
     Prefect's task engine makes a new sync client per task run unless one is in context,
-    and each new client builds a TLS context from the CA bundle (~25 ms here) even for a
-    plain-HTTP local server: 5 clients per step (4 tasks, 1 progress artifact).
+    and each new client builds a TLS context from the CA bundle (tens of milliseconds) even
+    for a plain-HTTP local server: 5 clients per step (4 tasks, 1 progress artifact).
     """
     with SyncClientContext.get_or_create() as ctx:
         yield ctx

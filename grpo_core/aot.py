@@ -88,7 +88,7 @@ class CompiledPhase:
     cached: bool = False
     flops: float | None = None  # XLA's cost analysis: loop bodies (layers, micro-batches) counted once
     # For a cached answer: how long XLA took when it compiled the program (None for answers
-    # stored before this was kept); for a fresh compile, `seconds`.
+    # stored without it); for a fresh compile, `seconds`.
     xla_seconds: float | None = None
 
     @property

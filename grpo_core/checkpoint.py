@@ -7,9 +7,9 @@ step, the data stream position and the PRNG seed state.
 Saves are asynchronous (orbax's async manager): `save` returns once the state is copied
 off the device, and the write runs in a background thread while training continues.
 The arrays are written without compression unless asked (`compress`): orbax's default
-zstd took 5.1-6.1 s of CPU per 1.6 GB float32 save on the 2-core dev VM (1.0-1.3 s
-uncompressed) for a 7.5% smaller file (`python -m benchmarks.checkpoint_write`), and that
-CPU came out of the next step's rollout.
+zstd costs several times the CPU of an uncompressed save for a file under a tenth smaller
+(`python -m benchmarks.checkpoint_write`; figures in benchmarks/RESULTS.md), and on a
+small host that CPU comes out of the next step's rollout.
 orbax writes into a temporary directory and renames it (a commit file on object stores)
 only when everything is on disk, so a save killed half-way leaves no checkpoint, and
 `latest()`/`steps()` never report the save still in flight. One save is in flight at a

@@ -101,7 +101,7 @@ def persistent_cache_safe(mesh) -> bool:
     rebuilds that resource per thunk sequence, so a program loaded from the cache keeps
     no order between the collectives inside a while loop (a decode loop, the update's
     micro-batch loop) and those outside it: each device may enter a different one, and
-    XLA's rendezvous aborts after 40 s (a TPU would hang). SmolLM2's update on 2 CPU
+    XLA's rendezvous aborts after its timeout (a TPU would hang). SmolLM2's update on 2 CPU
     devices, run on one thread, passes when compiled and aborts every time when loaded
     from the cache. TPU and GPU programs keep the cache.
     """

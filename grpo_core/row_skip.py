@@ -12,9 +12,9 @@ host before the batch is sharded: it moves the groups with an informative row in
 micro-batches that run first and returns how many micro-batches hold one (k). The update
 keeps the batch's full shape and runs its micro-batch loop k times (a trip count passed as
 an argument), so every step runs the SAME compiled program whatever k is: one update
-program per prompt width, as without the skip (issue 18's compile budget). The batch is
-only reordered, so the loss's normaliser is the full step's, computed in the program as
-always; the summed gradient equals the full update's up to float32 summation order.
+program per prompt width, as without the skip (the compile budget in
+docs/configuration.md). The batch is only reordered, so the loss's normaliser is the full
+step's, computed in the program as always; the summed gradient equals the full update's up to float32 summation order.
 A step with one micro-batch (micro_batch_size = sequences per device) skips only when no
 group is informative; smaller micro-batches let it skip in steps of one micro-batch.
 """

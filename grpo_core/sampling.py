@@ -116,7 +116,7 @@ def _categorical(e_bv: jax.Array, key: jax.Array) -> jax.Array:
 
     Inverse CDF in two levels: a block of `_BLOCK` tokens by the blocks' masses, then a
     token inside it. Two uniforms per row instead of the Gumbel-max trick's V Gumbel
-    variates (two logs each: ~8 ms of a 70 ms CPU decode step at 16 x 49,152).
+    variates (two logs each, a visible share of a CPU decode step at a 49,152-token vocabulary).
     """
     B, V = e_bv.shape
     size = min(_BLOCK, V)
@@ -230,10 +230,10 @@ def _generate_impl(params, tokens_pt, mask_pt, seed, cfg, spec: SamplingSpec, me
 
 _generate_jit = jax.jit(_generate_impl, static_argnames=("cfg", "spec", "mesh"))
 # XLA:CPU's own dot emitter instead of its YNNPACK fusions, for sampler programs compiled for
-# CPU devices that decode at least CPU_XLA_DOTS_MIN_ROWS rows per batch shard: on an AVX2-only
-# host (AMD EPYC Zen 1) a decode step took 1.17-1.29x less time with them at 8 and 16 rows, but
-# 2.6x more at 2 rows (benchmarks/RESULTS.md, "Rollout on CPU: the dot emitter"); the
-# 2026-11-26 AVX-512 host measured no change at 8-16 rows. The update keeps the default.
+# CPU devices that decode at least CPU_XLA_DOTS_MIN_ROWS rows per batch shard: at 8 rows and
+# more the emitter's matrix-vector dots make a decode step faster on AVX2-only hosts and
+# cost nothing on AVX-512 ones, while at a few rows YNNPACK's are much faster
+# (benchmarks/RESULTS.md, "Rollout on CPU: the dot emitter"). The update keeps the default.
 CPU_SAMPLER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 CPU_XLA_DOTS_MIN_ROWS = 8
 _generate_jit_cpu = jax.jit(_generate_impl, static_argnames=("cfg", "spec", "mesh"),

@@ -1,4 +1,4 @@
-"""`rollout:` section. Batch semantics are GLOBAL: see DESIGN.md "Batch semantics"."""
+"""`rollout:` section. Batch semantics are GLOBAL: see docs/configuration.md "Batch semantics"."""
 from typing import Literal
 
 from pydantic import Field

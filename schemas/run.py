@@ -1,6 +1,6 @@
 """`RunConfig`: the whole run, plus the derived (read-only) batch block.
 
-Batch semantics (DESIGN.md): rollout.batch_size is GLOBAL prompts per step; rollout.n is
+Batch semantics (docs/configuration.md): rollout.batch_size is GLOBAL prompts per step; rollout.n is
 the group size; sequences_global_per_step = batch_size * n. A GRPO group never spans
 processes, so prompts split across processes and sequences across batch shards
 (devices / tp). `derive()` checks the divisibility and computes the per-process and

@@ -1,7 +1,7 @@
-"""`train:` section, including the optimizer (DESIGN.md "Optimizer").
+"""`train:` section, including the optimizer (docs/configuration.md "Optimizer").
 
-Defaults reproduce the historical hard-coded optimizer: lion(weight_decay=1e-8) over
-warmup_cosine (0 -> 1e-6 -> 0, 5% warmup), after global-norm clipping at 1.0.
+The default optimizer is lion(weight_decay=1e-8) over warmup_cosine (0 -> 1e-6 -> 0, 5%
+warmup), after global-norm clipping at 1.0.
 """
 from typing import Literal
 

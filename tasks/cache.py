@@ -84,7 +84,7 @@ class RunKeyStorage(LocalFileSystem):
     Prefect writes the payload's absolute path into each key record, and refuses to read
     a path outside the results folder: a run directory moved or copied elsewhere would
     recompute everything. Records are rewritten to the payload's file name on the way in
-    and on the way out (which also reads records of runs made before this change).
+    and on the way out, so a record that still holds an absolute path reads as well.
     """
 
     _block_type_name = "grpo run key storage"  # its own block type, not a second LocalFileSystem

@@ -4,9 +4,9 @@ Settings come from the config (`mesh.num_processes`, `mesh.coordinator_address`,
 `mesh.process_id`) or, where the config leaves them null, from the environment
 (GRPO_NUM_PROCESSES, GRPO_COORDINATOR_ADDRESS, GRPO_PROCESS_ID); on a TPU VM slice
 jax discovers them itself. When the required number of processes does not join within
-`mesh.init_timeout_s`, the run stops with one clear sentence and exit code 2: the
-historical mistake was launching only worker 0 of a v6e-16, which trained 8x slower
-instead of failing. (jax's own timeout aborts the process from C++ with a stack dump,
+`mesh.init_timeout_s`, the run stops with one clear sentence and exit code 2, so that
+launching only some workers of a slice (worker 0 of a v6e-16 alone would train on a
+fraction of the chips) fails instead of running slowly. (jax's own timeout aborts the process from C++ with a stack dump,
 so a watchdog thread fires first.)
 """
 import os

@@ -4,10 +4,8 @@ glibc's malloc hands large freed blocks back to the kernel (munmap, heap trimmin
 maps them again on the next allocation, so every rollout/update cycle of a training
 process - which frees and re-allocates the same few GB of XLA buffers each step - pays
 page faults and page zeroing again, and on a VM with proactive memory reclaim those costs
-can grow from step to step. Measured on the 2-core development VM (SmolLM2-135M GRPO
-step, 4 prompts x 4 samples x 64 tokens, medians of 5 steps in each of several runs):
-update ~10.1 s -> ~9.4 s, rollout ~6 s -> ~5.3 s; occasional 8 s rollouts happen
-either way (benchmarks/RESULTS.md).
+can grow from step to step. Keeping the memory makes both phases of a GRPO step faster
+on such a VM (benchmarks/RESULTS.md has the measurement).
 
 `keep_freed_memory()` tells glibc to keep freed memory in the process: trim only past
 2 GiB free, a 1 GiB pad on heap growth, and the largest allowed mmap threshold (32 MiB;

@@ -1,6 +1,6 @@
 """What a single-process `grpo train` does while its embedded Prefect server starts.
 
-Starting the server takes ~12 s on the 2-core dev VM, with the server's own process busy
+Starting the server takes seconds on a small host, with the server's own process busy
 and this one waiting for its health check. `start` uses that time in a background
 thread: the run's session opens (model loaded, optimizer state built, newest checkpoint
 restored) and the sampler and update programs of the step the run starts with compile

@@ -16,7 +16,7 @@ Failed, and ends the process with `os._exit(1)`, the only way out of a thread st
 Why this is safe:
 - It touches no device and no JAX state: the thread only reads a tuple the phase thread
   replaces whole (an atomic assignment) and a monotonic clock; this module imports no jax.
-  The run's device programs stay dispatched from one thread (DESIGN.md).
+  The run's device programs stay dispatched from one thread (docs/dispatch.md).
 - Ending the process anywhere leaves the run resumable, as `kill -9` does: phase artifacts
   are written atomically (temp file + rename), a Prefect cache record points only at a
   whole artifact, and orbax commits a checkpoint atomically (temporary directory, then

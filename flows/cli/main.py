@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 def _leave(code: int) -> None:
     """Run the exit handlers, flush and exit without the interpreter's own teardown.
 
-    Freeing the modules of jax, prefect and their dependencies one by one took ~11 s
-    after a `grpo train` on this 2-core machine (the exit handlers themselves 0.1 s):
-    most of the time a finished run's rerun took. Every file the commands write is closed
-    by then; the exit handlers flush the logs and stop what Prefect and JAX started.
+    Freeing the modules of jax, prefect and their dependencies one by one takes seconds
+    after a `grpo train` (the exit handlers themselves a fraction of one), which would be
+    most of a finished run's rerun. Every file the commands write is closed by then; the
+    exit handlers flush the logs and stop what Prefect and JAX started.
     """
     import atexit
     import os

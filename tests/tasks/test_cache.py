@@ -29,7 +29,7 @@ def test_key_records_name_their_payload_relative_to_the_results_folder(tmp_path)
 
 
 def test_a_record_with_an_absolute_path_from_another_folder_still_reads(tmp_path):
-    # Records written before the change held the payload's absolute path in the run's old place.
+    # A record that holds the payload's absolute path in the run's old place.
     run_dir = tmp_path / "moved" / "run"
     manifest = write_record(run_dir, "update-000000-abc")
     path = storage_dirs(run_dir)["keys"] / "update-000000-abc"
