@@ -2,7 +2,7 @@
 
 `build_optimizer(cfg, total_steps)` turns the `train.optimizer` config (any object with
 the attributes of schemas.train.OptimizerSection) into an optax GradientTransformation.
-Defaults reproduce the historical hard-coded optimizer exactly:
+The defaults build exactly:
 
     chain(clip_by_global_norm(1.0),
           lion(warmup_cosine_decay_schedule(0, 1e-6, round(0.05 * steps), steps, 0),

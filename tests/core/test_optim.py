@@ -60,7 +60,7 @@ def test_each_optimizer_updates_a_toy_pytree(name):
         assert np.all(np.asarray(leaf_old) != np.asarray(leaf_new))
 
 
-def test_defaults_equal_historical_optimizer():
+def test_defaults_equal_the_documented_optimizer():
     historical = optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.lion(optax.warmup_cosine_decay_schedule(0.0, 1e-6, 10, STEPS, 0.0), weight_decay=1e-8),

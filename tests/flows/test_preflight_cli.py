@@ -1,4 +1,4 @@
-"""`grpo preflight`: the historical OOM is predicted, shipped configs fit, suggestions really fit."""
+"""`grpo preflight`: a 7B x 1024-sequence rollout fits as XLA says, shipped configs fit, suggestions really fit."""
 import json
 from pathlib import Path
 
@@ -23,7 +23,7 @@ def preflight(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_historical_7b_1024_sequences_fits_as_xla_says(capsys):
-    # The historical OOM was another sampler's; XLA compiles OUR 7B x 1024-sequence rollout
+    # XLA compiles this sampler's 7B x 1024-sequence rollout
     # for v6e-8 in ~12 GiB per device with the training layout of the weights
     # (benchmarks/RESULTS.md), and the estimate agrees. With the default layout (auto) the
     # sampler holds a tp=4 copy of the weights (~3.5 GiB more) and it still fits.
