@@ -100,7 +100,7 @@ class Checkpoints:
         """before_commit(label): called in the background once a save's files are written and
         before it commits (async saves only; the resume tests kill the process there).
         compress: zstd-compress the arrays (orbax's default). Off by default: float32
-        weights and Adam moments shrink by ~7.5% for ~3 s of CPU per GB, which a
+        weights and Adam moments shrink by under a tenth for seconds of CPU per GB, which a
         background write takes from training on a small host (module doc). Checkpoints
         restore either way."""
         self.asynchronous, self.read_only = asynchronous and not read_only, read_only
