@@ -262,7 +262,7 @@ def summary_lines(result: dict) -> list[str]:
     zero_std = result["zero_std_group_fraction"]
     lines = [f"like for like (both sides run every row): step {like['step']:.2f}x TRL (goal >= 2x), "
              f"rollout {like['rollout']:.2f}x, update {like['update']:.2f}x",
-             f"zero-advantage skip: our step {gain['step']:.2f}x faster than without it (update "
+             f"zero-advantage skip: our step gains {gain['step']:.2f}x over no skipping (update "
              f"{gain['update']:.2f}x) at zero-std group fraction {zero_std:.2f}; with it, step "
              f"{skip['step']:.2f}x TRL (goal >= 3x)"]
     if result["signal_steps_wanted"] and not result["signal_steps_found"]:
