@@ -2,6 +2,15 @@
 
     rollout --> reward --> advantage --> update (+ checkpoint)     [+ eval every N steps]
 
+With rollout.max_staleness=1 the flow of step k also samples step k+1's rollout before
+step k's update, with the params that update starts from (version k), so the rollout of
+step k+1 is one step off-policy and step k+1's flow finds it cached:
+
+    rollout k --> rollout k+1 --> reward k --> advantage k --> update k
+
+A checkpoint saved after update k therefore always has step k+1's rollout on disk, which
+is all a resume needs: nothing ever samples with params older than the session holds.
+
 Model state lives in the process-level `TrainSession`; Prefect only sees manifests. On a
 restart the session restores the newest checkpoint; steps before it replay as cache
 hits, and steps after it reuse their cached rollout/reward/advantage artifacts and
@@ -74,10 +83,10 @@ async def step_flow(run_id: str, step: int) -> dict:
     """One training step: the four phases (each a cached task) and, when due, eval."""
     session = get_session(run_id)
     opts, digests = cache_options(session.run_dir), _phase_inputs(session)
-    rollout_input = _input(session, step, "rollout", digests, params_version=step,
-                           prompt_ids=_prompt_ids(session, step))
-    rolled = phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))(rollout_input)
+    rolled = _rollout(session, step, digests, opts)
     session.note_rollout(rolled.stats)  # cached or not: the prompt width floor (rollout.prompt_width)
+    if _samples_ahead(session, step):
+        _rollout(session, step + 1, digests, opts)  # on the params update `step` starts from
     rewarded = phases.reward.with_options(**opts)(_input(session, step, "reward", digests, upstream=rolled))
     advantaged = phases.advantage.with_options(**opts)(_input(session, step, "advantage", digests, upstream=rewarded))
     update_input = _input(session, step, "update", digests, upstream=advantaged)
@@ -90,6 +99,18 @@ async def step_flow(run_id: str, step: int) -> dict:
         eval_input = _input(session, step, "eval", digests, params_version=step + 1)
         manifests["eval"] = phases.evaluate.with_options(**opts, refresh_cache=_refresh(eval_input))(eval_input)
     return manifests
+
+
+def _rollout(session, step: int, digests: dict, opts: dict):
+    """The rollout task of `step` on the params version its key names (cached when done)."""
+    rollout_input = _input(session, step, "rollout", digests, params_version=session.rollout_params_version(step),
+                           prompt_ids=_prompt_ids(session, step))
+    return phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))(rollout_input)
+
+
+def _samples_ahead(plan: RunPlan, step: int) -> bool:
+    """Whether `step`'s flow samples the next step's rollout (rollout.max_staleness > 0)."""
+    return plan.cfg.rollout.max_staleness > 0 and step + 1 < plan.cfg.train.steps
 
 
 def _eval_due(cfg: RunConfig, step: int) -> bool:
@@ -106,7 +127,7 @@ def _step_is_cached(plan: RunPlan, step: int, digests: dict) -> bool:
     def cached(phase: str, **extra):
         return cached_manifest(_input(plan, step, phase, digests, **extra).cache_key(), plan.run_dir)
 
-    manifest = cached("rollout", params_version=step, prompt_ids=_prompt_ids(plan, step))
+    manifest = cached("rollout", params_version=plan.rollout_params_version(step), prompt_ids=_prompt_ids(plan, step))
     for phase in ("reward", "advantage", "update"):
         manifest = manifest and cached(phase, upstream=manifest)
     if manifest and _eval_due(plan.cfg, step):

@@ -19,6 +19,16 @@ TIS (truncated importance sampling) corrects for the sampler's numerics differin
 the trainer's: the weight has no gradient. The entropy quantile is taken over the valid
 tokens of the batch the loss sees (a micro-batch, across devices), as TRL does.
 
+Stale rollouts (rollout.max_staleness=1: step k's completions are sampled with the
+params version k-1 while the update runs on version k). In the first epoch old_logp is
+the trainer's own log-prob under version k, so the ratio r is 1 at every
+importance_sampling_level: the PPO clip and GSPO's sequence ratio bound the move away
+from version k and see nothing of the lag. The lag is corrected by TIS alone: its
+weight min(exp(old_logp - sampler_logp), tis_cap) is then the truncated per-token ratio
+pi_k / pi_{k-1} (times the sampler/trainer numeric mismatch), the truncated
+importance-sampling estimate of the policy gradient for samples from pi_{k-1}. Without
+tis_cap the lag goes uncorrected.
+
 An aggregation turns per-token values into (numerator, denominator); the loss is their
 ratio. `normalizer` overrides the denominator so the train step can divide every
 micro-batch by the denominator of the WHOLE step batch (`loss_denominator` on the full

@@ -53,6 +53,15 @@ class RolloutSection(Section):
         "uninterrupted run samples.",
         json_schema_extra=NEW_OPTION,
     )
+    max_staleness: int = Field(
+        0, ge=0, le=1,
+        description="Steps the sampler's params may lag the trainer's: 0 = synchronous (the rollout of step k "
+        "samples with the params step k's update starts from); 1 = the rollout of step k samples with the "
+        "params step k-1's update started from, so it can run while step k-1 updates (one step off-policy; "
+        "loss.tis_cap then weights each token by min(pi_trainer / pi_sampler, tis_cap), which corrects for "
+        "the lag). Every rollout records the params version it sampled with, and its cache key holds it.",
+        json_schema_extra=NEW_OPTION,
+    )
     dynamic_sampling: DynamicSamplingSection = Field(
         default_factory=DynamicSamplingSection, description="DAPO dynamic sampling.",
         json_schema_extra=NEW_OPTION,

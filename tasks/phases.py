@@ -60,8 +60,9 @@ def rollout(phase_input: PhaseInput) -> PhaseManifest:
     _require_params(session, phase_input)
     with compiles.in_phase("rollout"):
         table, sampling = session.sample_step(phase_input.step)
-    return _finish(phase_input, session, table, phases.rollout_stats(table) | sampling | session.reshard_stats,
-                   started)
+    version = {"rollout_params_version": float(phase_input.params_version)}  # rollout.max_staleness
+    return _finish(phase_input, session, table,
+                   phases.rollout_stats(table) | sampling | session.reshard_stats | version, started)
 
 
 @task(name="reward", task_run_name="reward-{phase_input.step}")

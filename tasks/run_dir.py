@@ -81,7 +81,9 @@ def _check_total_steps(run_dir: Path, old: RunConfig, new: RunConfig) -> None:
     optimizer update already applied keeps its learning rate. A schedule that spans the
     total (warmup_cosine decays over train.steps; warmup_steps null derives the warmup
     from it) would give trained steps other rates than they had, so such a change is
-    refused; a constant schedule with an explicit warmup_steps extends exactly."""
+    refused; a constant schedule with an explicit warmup_steps extends exactly. A run with
+    rollout.max_staleness > 0 that trained all its steps cannot grow: its next rollout
+    would sample with the params before the last update."""
     done = trained_steps(run_dir)
     if new.train.steps < done:
         raise UserError(
@@ -94,6 +96,12 @@ def _check_total_steps(run_dir: Path, old: RunConfig, new: RunConfig) -> None:
             f"{run_dir} has trained (its {old.train.optimizer.lr_schedule.type} schedule spans "
             f"train.steps={old.train.steps}); keep train.steps={old.train.steps}, or start a new --run-dir "
             "(a constant schedule with an explicit warmup_steps can be extended)"
+        )
+    if new.rollout.max_staleness and new.train.steps > old.train.steps and done >= old.train.steps:
+        raise UserError(
+            f"run directory {run_dir} has trained all its train.steps={old.train.steps} with "
+            f"rollout.max_staleness={new.rollout.max_staleness}: the next step's rollout needs the params before "
+            "the last update, which are gone; start a new --run-dir to train further"
         )
 
 
@@ -188,6 +196,13 @@ class RunPlan:
         """This process's share of the step's prompts (groups never span processes)."""
         share = self.derived.prompts_per_process
         return self.global_items(step)[self.process_index * share : (self.process_index + 1) * share]
+
+    def rollout_params_version(self, step: int) -> int:
+        """The params version (updates applied) `step`'s rollout samples with: the step's own
+        with rollout.max_staleness=0; with 1, the one step k-1's update starts from, which
+        the flow holds while it samples step k ahead of that update (the first step has no
+        earlier params and samples the initial ones)."""
+        return max(0, step - self.cfg.rollout.max_staleness)
 
     def sample_seed(self, step: int, round_: int = 0) -> int:
         """The sampling seed of `step` (and dynamic-sampling round): the same on every process

@@ -103,6 +103,49 @@ def test_truncated_importance_sampling_matches_its_definition():
     np.testing.assert_allclose(grad, ref_grad, atol=TOL)
 
 
+# ---- one step stale rollouts (rollout.max_staleness=1) -----------------------------------
+
+def stale_inputs():
+    """A first-epoch update on a stale rollout: old = the trainer's own log-probs (params
+    version k), sampler = the rollout's log-probs (version k-1, one update away)."""
+    logps, _, adv, mask = inputs()
+    sampler = logps + np.random.default_rng(5).normal(0.0, 0.6, logps.shape)
+    return logps, adv, mask, sampler
+
+
+@pytest.mark.parametrize("level,agg", [("token", "token_mean"), ("sequence", "seq_mean_token_mean"),
+                                       ("sequence_token", "seq_mean_token_mean")])
+def test_tis_corrects_a_stale_sampler_with_the_truncated_policy_ratio(level, agg):
+    """With old = the trainer's log-probs, the PPO/GSPO ratio is 1 at every level, and the
+    loss is the truncated importance-sampling estimate of the policy gradient for samples
+    drawn from pi_{k-1}: mean over rows/tokens of -A min(pi_k / pi_{k-1}, C) (per token)."""
+    logps, adv, mask, sampler = stale_inputs()
+    cap = 2.0
+    value, grad = ours(logps, logps, adv, mask, agg=agg, importance_sampling_level=level,
+                       sampler_logps=jnp.asarray(sampler, jnp.float32), tis_cap=cap)
+    weight = np.minimum(np.exp(logps - sampler), cap)
+    assert (weight[mask > 0] == cap).any() and (weight[mask > 0] < 1.0).any()
+    per_token = -adv[:, None] * weight * mask
+    if agg == "token_mean":
+        ref_value, ref_grad = per_token.sum() / mask.sum(), per_token / mask.sum()
+    else:
+        ref_value = (per_token.sum(1) / mask.sum(1)).mean()
+        ref_grad = per_token / mask.sum(1, keepdims=True) / B
+    if level == "sequence":  # d s_i / d logp_t = s_i / |y_i| on every token of the row
+        ref_grad = (per_token.sum(1, keepdims=True) / mask.sum(1, keepdims=True) ** 2 / B) * mask
+    assert value == pytest.approx(float(ref_value), abs=TOL)
+    np.testing.assert_allclose(grad, ref_grad, atol=TOL)
+
+
+def test_without_tis_cap_a_stale_sampler_is_not_corrected():
+    """loss.tis_cap null: the sampler's log-probs change nothing, so the lag goes uncorrected."""
+    logps, adv, mask, sampler = stale_inputs()
+    plain = ours(logps, logps, adv, mask)
+    with_sampler = ours(logps, logps, adv, mask, sampler_logps=jnp.asarray(sampler, jnp.float32))
+    assert plain[0] == with_sampler[0] and np.array_equal(plain[1], with_sampler[1])
+    assert plain[0] == pytest.approx(float((-adv[:, None] * mask).sum() / mask.sum()), abs=TOL)
+
+
 # ---- top-entropy tokens ----------------------------------------------------------------
 
 @pytest.mark.parametrize("quantile", [0.2, 0.5, 0.81])
