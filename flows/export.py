@@ -8,6 +8,10 @@ generation_config.json (the run's stop tokens and sampling settings), the run's 
 Everything is written to a temporary sibling of DEST and swapped in at the end, so an
 export that fails or is interrupted never leaves a half-written DEST, and an existing
 DEST is only replaced (with --force) by a complete one.
+
+With `adapter` (a LoRA run), DEST is a PEFT adapter directory instead:
+adapter_config.json and adapter_model.safetensors, which
+`peft.PeftModel.from_pretrained(base, DEST)` loads onto the run's base model.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 import jax
 
 from flows.observe import params_sha256, reward_trend
+from grpo_core import lora as lora_lib
 from grpo_core.errors import UserError, writable_dir
 from grpo_core.models.loading import save_pretrained
 from tasks.run_checkpoint import CONFIG_FILE, RunCheckpoint, checkpoint_step, load_run_checkpoint, run_config
@@ -134,16 +139,22 @@ def _swap_in(staged: Path, dest: Path) -> None:
 
 def export_run(run_dir: str | Path, dest: str | Path, step: int | None = None, dtype: str | None = None,
                force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-               command: str | None = None) -> ExportResult:
+               command: str | None = None, adapter: bool = False) -> ExportResult:
     """Write checkpoint `step` (default: the newest complete one) of `run_dir` to `dest`.
 
-    dtype: float32 or bfloat16 (default: the dtype the run trained in).
+    dtype: float32 or bfloat16 (default: the dtype the run trained in). adapter: write the
+    LoRA adapters in PEFT's format instead of the merged model.
     """
     run_dir, dest = Path(run_dir), Path(dest)
-    run_config(run_dir)  # RUN_DIR's errors first, then DEST's, then the (slower) restore
+    cfg = run_config(run_dir)  # RUN_DIR's errors first, then DEST's, then the (slower) restore
+    if adapter and lora_lib.spec_from_config(cfg.model.lora) is None:
+        raise UserError(f"--adapter: run directory {str(run_dir)!r} trained every weight (model.lora is off); "
+                        "export it without --adapter.")
     step = checkpoint_step(run_dir, step)
     check_dest(dest, run_dir, force)
     ckpt = load_run_checkpoint(run_dir, step)
+    if adapter:
+        return _export_adapter(ckpt, dest)
     digest = params_sha256(ckpt.model.params)
     dtype = dtype or ckpt.config.model.dtype
     params = jax.tree.map(lambda x: x.astype(dtype), ckpt.model.params)
@@ -159,3 +170,23 @@ def export_run(run_dir: str | Path, dest: str | Path, step: int | None = None, d
     finally:
         shutil.rmtree(staged, ignore_errors=True)  # gone already after a successful swap
     return ExportResult(dest, ckpt.step, dtype, digest, files)
+
+
+def _export_adapter(ckpt: RunCheckpoint, dest: Path) -> ExportResult:
+    """DEST as a PEFT adapter directory (float32 adapters, the run's config beside them)."""
+    from safetensors.numpy import save_file
+
+    spec = lora_lib.spec_from_config(ckpt.config.model.lora)
+    digest = params_sha256(ckpt.adapters)
+    staged = _sibling(dest, "export")
+    try:
+        config = lora_lib.peft_config(spec, ckpt.config.model.name_or_path)
+        (staged / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(lora_lib.peft_tensors(ckpt.adapters), str(staged / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})
+        shutil.copyfile(ckpt.run_dir / CONFIG_FILE, staged / RUN_CONFIG_COPY)
+        files = sorted(p.name for p in staged.iterdir())
+        _swap_in(staged, dest)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return ExportResult(dest, ckpt.step, "float32", digest, files)

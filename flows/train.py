@@ -60,7 +60,8 @@ def _phase_inputs(session) -> dict:
         "advantage": config_digest(cfg.advantage, cfg.rollout.n),
         # Where compiled programs are cached changes no result (and may change on resume);
         # train.steps changes a step's update only through its learning rates (`_input`).
-        "update": config_digest(cfg.loss, dump_without(cfg.train, "compilation_cache_dir", "steps"), cfg.model.remat),
+        "update": config_digest(cfg.loss, dump_without(cfg.train, "compilation_cache_dir", "steps"), cfg.model.remat,
+                                *([cfg.model.lora] if cfg.model.lora else [])),
         "eval": config_digest(cfg.model, cfg.eval, cfg.data, cfg.rollout.max_new_tokens),
     }
 

@@ -42,6 +42,7 @@ LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
     "kv_heads": "tp",
     "head_dim": None,
     "mlp": "tp",
+    "lora_rank": None,  # an adapter's rank: small, so A and B follow their weight's other axes
 }
 
 

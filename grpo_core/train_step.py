@@ -28,6 +28,12 @@ forward of `ref_params` per micro-batch in the first epoch, kept likewise.
 "sampler_logps_bt" (the rollout's own log-probs) feed truncated importance sampling
 (loss.tis_cap).
 
+LoRA (`lora` set): the params the step trains, donates and returns are the adapters
+(grpo_core.lora); the frozen base goes in the `ref_params` slot, and is also the
+reference policy (adapters switched off), so no second copy of the weights exists.
+Adapter dropout draws its masks from `dropout_seed`, the epoch and the micro-batch's
+tokens, so a resumed step draws what the uninterrupted one drew.
+
 Zero-advantage rows: when exact (beta = 0, no entropy-based token selection),
 `shard_batch` moves the groups whose advantages are all 0 behind the others
 (grpo_core/row_skip.py) and adds "micro_batches_run" (a replicated int32 scalar): the
@@ -45,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from grpo_core import lora as lora_lib
 from grpo_core import row_skip
 from grpo_core.loss import loss_denominator, policy_loss
 from grpo_core.models.config import ModelConfig
@@ -178,8 +185,10 @@ class Trainer:
     def __init__(self, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                  loss_cfg=None, *, mesh, micro_batches: int = 1, ppo_epochs: int = 1,
                  temperature: float = 1.0, remat: bool = False, with_entropy: bool = True,
-                 score_last: int | None = None, group_size: int = 1):
+                 score_last: int | None = None, group_size: int = 1, lora: lora_lib.LoraSpec | None = None,
+                 dropout_seed: int = 0):
         self.cfg, self.optimizer, self.mesh = model_cfg, optimizer, mesh
+        self.lora, self.dropout_seed = lora, int(dropout_seed)
         self.loss_kwargs = _loss_settings(loss_cfg)
         if self.loss_kwargs["agg"] == "seq_mean_token_sum_norm" and \
                 self.loss_kwargs["max_completion_length"] is None:
@@ -265,7 +274,8 @@ class Trainer:
         batch: tokens_bt, positions_bt, attn_mask_bt, completion_mask_bt [B, T] and
         advantages_b [B] (optionally old_logps_bt, ref_logps_bt [B, T], and RUN_KEY), global
         arrays (see `shard_batch`). ref_params: frozen reference, needed when beta > 0 and the
-        batch has no ref_logps_bt. Returns (params, opt_state, metrics of device scalars).
+        batch has no ref_logps_bt; with LoRA the frozen base (always needed) and params the
+        adapters. Returns (params, opt_state, metrics of device scalars).
         """
         self._check_batch(batch, ref_params)
         if self._compiled is None:
@@ -280,6 +290,8 @@ class Trainer:
         if rows % shards:
             raise ValueError(f"{rows} sequences do not split into {self.micro_batches} micro-batches "
                              f"x {batch_shards(self.mesh)} batch shards; use a multiple of {shards}")
+        if self.lora is not None and ref_params is None:
+            raise ValueError("a LoRA step needs the frozen base weights as ref_params")
         if self.loss_kwargs["beta"] > 0 and "ref_logps_bt" not in batch and ref_params is None:
             raise ValueError("loss.beta > 0 needs ref_params or batch['ref_logps_bt']")
         if self.loss_kwargs["tis_cap"] is not None and "sampler_logps_bt" not in batch:
@@ -313,7 +325,8 @@ class Trainer:
         per_epoch = []
         for epoch in range(self.ppo_epochs):
             keep = epoch == 0 and self.ppo_epochs > 1
-            grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep, group, run)
+            grads, metrics, kept = self._accumulate(params, mbs, den, ref_params, param_shardings, keep, group, run,
+                                                    epoch)
             mbs.update(kept)
             grad_norm = optax.tree.norm(grads)
             # Accumulated in float32; handed to the optimizer in the params' dtype so its
@@ -340,12 +353,13 @@ class Trainer:
             return 1
         return math.gcd(n, rows // (m * shards))
 
-    def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep, group: int = 1, run=None):
+    def _accumulate(self, params, mbs, den, ref_params, param_shardings, keep, group: int = 1, run=None,
+                    epoch: int = 0):
         """Gradient (float32) and token-weighted metrics summed over the micro-batches: all of
         them, or the first `run` (a traced trip count: the zero-advantage skip)."""
         def micro_step(grads, sums, mb):
             (loss, (metrics, kept)), g = jax.value_and_grad(self._loss, has_aux=True)(
-                params, mb, den, ref_params, group)
+                params, mb, den, ref_params, group, epoch)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
             return grads, _add_metrics(sums, loss, metrics), (kept if keep else {})
 
@@ -371,9 +385,21 @@ class Trainer:
         metrics = {k: (v if k == "loss" else v / tokens) for k, v in sums.items()}
         return grads, metrics, kept
 
-    def _loss(self, params, mb, den, ref_params, group: int = 1):
+    def _policy_params(self, params, ref_params, mb, epoch: int):
+        """The params the policy runs with: `params`, or with LoRA the base with the adapters
+        attached (and their dropout keys, drawn from the seed, epoch and micro-batch tokens)."""
+        if self.lora is None:
+            return params
+        key = None
+        if self.lora.dropout > 0:
+            tokens = mb["tokens_bt"].astype(jnp.uint32)
+            checksum = jnp.sum(tokens * (jnp.arange(tokens.size, dtype=jnp.uint32).reshape(tokens.shape) + 1))
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.dropout_seed), epoch), checksum)
+        return lora_lib.attach(ref_params, params, self.lora, key)
+
+    def _loss(self, params, mb, den, ref_params, group: int = 1, epoch: int = 0):
         """Micro-batch loss (divided by the whole-batch `den`), metrics, and logps to keep."""
-        logps, entropy = sequence_logps(params, mb, self.cfg, self.temperature, remat=self.remat,
+        logps, entropy = sequence_logps(self._policy_params(params, ref_params, mb, epoch), mb, self.cfg, self.temperature, remat=self.remat,
                                         with_entropy=self.with_entropy, mesh=self.mesh, score_last=self.score_last,
                                         group_size=group)
         old = mb.get("old_logps_bt")

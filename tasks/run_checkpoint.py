@@ -9,6 +9,10 @@ assembles each requested leaf from the shards every process wrote, so a run of N
 processes is read by one.
 
 Checkpoint labels count updates applied: checkpoint K holds the params after K steps.
+
+A LoRA run's checkpoints hold only the adapters: the base is loaded as the run loaded it
+(in the dtype it trained with), checked against the checkpoint's base fingerprint, and
+the adapters are merged into it; `RunCheckpoint.adapters` keeps them for a PEFT export.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import jax
 
+from grpo_core import lora as lora_lib
 from grpo_core.checkpoint import Checkpoints
 from grpo_core.errors import UserError
 from grpo_core.models.decoder import param_logical_axes, param_shapes
@@ -24,7 +29,7 @@ from grpo_core.models.model import Model
 from grpo_core.sharding import named_sharding
 from schemas.loading import read_yaml
 from schemas.run import RunConfig
-from tasks.model_source import model_spec
+from tasks.model_source import model_spec, resolve_model
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -39,6 +44,7 @@ class RunCheckpoint:
     step: int
     model: Model
     meta: dict
+    adapters: dict | None = None  # a LoRA run's adapters (model then holds them merged)
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -84,13 +90,29 @@ def load_run_checkpoint(run_dir: str | Path, step: int | None = None, mesh=None)
     cfg = run_config(run_dir)
     step = checkpoint_step(run_dir, step)
     model_cfg, tokenizer = model_spec(cfg.model, cfg.data.chat_template)
-    like = jax.tree.map(
-        lambda shape, names: _placement(shape, names, cfg.model.dtype, mesh),
-        param_shapes(model_cfg), param_logical_axes(model_cfg), is_leaf=lambda x: isinstance(x, tuple),
-    )
+    spec = lora_lib.spec_from_config(cfg.model.lora)
+    shapes, axes, dtype = param_shapes(model_cfg), param_logical_axes(model_cfg), cfg.model.dtype
+    if spec is not None:
+        shapes, axes, dtype = lora_lib.adapter_shapes(model_cfg, spec), lora_lib.adapter_logical_axes(model_cfg, spec), "float32"
+    like = jax.tree.map(lambda shape, names: _placement(shape, names, dtype, mesh), shapes, axes,
+                        is_leaf=lambda x: isinstance(x, tuple))
     checkpoints = Checkpoints(run_dir / CHECKPOINT_DIR, read_only=True)
     try:
         params, meta = checkpoints.restore_params(step, like)
     finally:
         checkpoints.close()
-    return RunCheckpoint(run_dir, cfg, step, Model(model_cfg, params, tokenizer), meta)
+    if spec is None:
+        return RunCheckpoint(run_dir, cfg, step, Model(model_cfg, params, tokenizer), meta)
+    merged = Model(model_cfg, _merged_base(cfg, meta, params, spec, mesh), tokenizer)
+    return RunCheckpoint(run_dir, cfg, step, merged, meta, adapters=params)
+
+
+def _merged_base(cfg: RunConfig, meta: dict, adapters: dict, spec, mesh) -> dict:
+    """The run's base weights (in the dtype it trained them in), checked against the
+    checkpoint's fingerprint, with the adapters merged in."""
+    from tasks.session import base_fingerprint, check_base
+
+    section = cfg.model.model_copy(update={"dtype": meta.get("base_dtype", cfg.model.dtype)})
+    base = resolve_model(section, cfg.train.seed, mesh, cfg.data.chat_template).params
+    check_base(meta, base_fingerprint(base), cfg.model.name_or_path)
+    return lora_lib.merge_program(spec, base)(base, adapters)

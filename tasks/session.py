@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_core import compiles, phases
+from grpo_core import lora as lora_lib
 from grpo_core.artifacts import atomic_write_bytes
 from grpo_core.checkpoint import Checkpoints, SaveTimes
 from grpo_core.errors import UserError
@@ -49,13 +50,21 @@ class TrainSession(RunPlan):
         self.dispatch = DispatchOwner()  # the thread that opens the session dispatches its programs
         self.mesh = make_mesh(mesh_shape(cfg, jax.process_count(), jax.local_device_count()))
         compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir, self.mesh))  # before the first compile
-        model = resolve_model(cfg.model, cfg.train.seed, self.mesh, cfg.data.chat_template)
+        self.lora = lora_lib.spec_from_config(cfg.model.lora)
+        model = resolve_model(lora_model_section(cfg.model, self.mesh), cfg.train.seed, self.mesh,
+                              cfg.data.chat_template)
         self.model_cfg, self.tokenizer = model.config, model.tokenizer
-        self.params = model.params
         self.schedule_lr = build_lr_schedule(cfg.train.optimizer.lr_schedule, cfg.train.steps)
         self.trainer = make_trainer(cfg, self.model_cfg, self.mesh, self.derived.grad_accum_steps)
+        if self.lora is None:
+            self.params, self.base_sha256 = model.params, None
+            self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
+        else:  # the adapters train; the frozen base is also the reference (grpo_core/lora.py)
+            self.params = lora_lib.init_sharded_adapters(self.model_cfg, self.lora, cfg.train.seed, self.mesh)
+            self.ref_params = model.params
+            self.base_sha256 = base_fingerprint(model.params)
+            self._merge = lora_lib.merge_program(self.lora, model.params)
         self.opt_state = self.trainer.init_opt_state(self.params)
-        self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.beta > 0 else None
         self.checkpoints = Checkpoints(run_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                        asynchronous=cfg.checkpoint.asynchronous, before_commit=_checkpoint_fault,
                                        compress=cfg.checkpoint.compress)
@@ -102,7 +111,16 @@ class TrainSession(RunPlan):
 
     @property
     def policy(self) -> Model:
-        return Model(self.model_cfg, self.params, self.tokenizer)
+        """The current policy (with LoRA: the adapters merged into a copy of the base)."""
+        return Model(self.model_cfg, self._policy_weights(), self.tokenizer)
+
+    def _base_dtype(self) -> str:
+        return str(jax.tree.leaves(self.ref_params)[0].dtype)
+
+    def _policy_weights(self) -> dict:
+        if self.lora is None:
+            return self.params
+        return self._merge(self.ref_params, self.params)
 
     def generation_policy(self) -> Model:
         """The policy on the generation mesh (rollout.weights_layout): the params resharded
@@ -111,7 +129,9 @@ class TrainSession(RunPlan):
         `reshard_stats` (the rollout's manifest stats)."""
         self.dispatch.check("rollout")
         started = time.perf_counter()
-        params = jax.block_until_ready(to_generation_layout(self.params, self.model_cfg, self.generation_mesh))
+        # With LoRA the merge is the copy (made once per rollout), resharded when the layouts differ.
+        weights = self._policy_weights()
+        params = jax.block_until_ready(to_generation_layout(weights, self.model_cfg, self.generation_mesh))
         copy = params is not self.params
         self.reshard_stats = {"weights_reshard_seconds": time.perf_counter() - started if copy else 0.0,
                               "generation_weights_gib": bytes_per_device(params) / 2**30 if copy else 0.0}
@@ -143,6 +163,8 @@ class TrainSession(RunPlan):
         self.dispatch.check("checkpoint")
         meta = {"next_step": self.params_version, "data": self.data_state(self.params_version),
                 "seed": self.cfg.train.seed}
+        if self.base_sha256 is not None:
+            meta.update(base_sha256=self.base_sha256, base_dtype=self._base_dtype())
         saved = self.checkpoints.save(self.params_version, self.params, self.opt_state, meta)
         self.saves[step] = saved
         self.record_timing(step, "checkpoint", saved.blocking_s)
@@ -156,6 +178,10 @@ class TrainSession(RunPlan):
         if latest is None:
             return
         self.params, self.opt_state, meta = self.checkpoints.restore(latest, self.params, self.opt_state)
+        base_sha256 = self.base_sha256
+        if self.lora is not None and meta.get("base_dtype") not in (None, self._base_dtype()):
+            base_sha256 = base_fingerprint(self.ref_params, meta["base_dtype"])  # the run moved, e.g. CPU -> TPU
+        check_base(meta, base_sha256, self.cfg.model.name_or_path)
         self.stream.restore(meta["data"])
         self.params_version = int(meta["next_step"])
 
@@ -263,6 +289,39 @@ def compilation_cache_dir(cfg: RunConfig, run_dir: Path, mesh) -> str | None:
     return cfg.train.compilation_cache_dir or str(run_dir.absolute() / "xla-cache")
 
 
+def lora_model_section(section, mesh):
+    """The `model:` section to load the weights with: with LoRA the base's dtype is
+    model.lora.base_dtype, where auto is bfloat16 on TPU/GPU meshes and model.dtype on CPU."""
+    lora = section.lora
+    if lora is None or lora.rank == 0:
+        return section
+    dtype = lora.base_dtype
+    if dtype == "auto":
+        dtype = section.dtype if mesh.devices.flat[0].platform == "cpu" else "bfloat16"
+    return section.model_copy(update={"dtype": dtype})
+
+
+def base_fingerprint(base: dict, dtype: str | None = None) -> str:
+    """sha256 of the frozen base weights (cast to `dtype` when given), recorded in every
+    LoRA checkpoint."""
+    from flows.observe import params_sha256
+
+    return params_sha256(base if dtype is None else jax.tree.map(lambda x: x.astype(dtype), base))
+
+
+def check_base(meta: dict, base_sha256: str | None, name: str) -> None:
+    """Refuse to resume adapters on other base weights (or a LoRA checkpoint as a full one)."""
+    saved = meta.get("base_sha256")
+    if saved == base_sha256:
+        return
+    if base_sha256 is None:
+        raise UserError("the run directory's checkpoints hold LoRA adapters but model.lora is off; "
+                        "resume with the run's own model.lora or use a new --run-dir")
+    raise UserError(f"the run directory's checkpoints were trained on other base weights than model.name_or_path="
+                    f"{name!r} (base sha256 {str(saved)[:12]}, now {base_sha256[:12]}); resume with the run's own "
+                    "base model or use a new --run-dir")
+
+
 def _checkpoint_fault(label: int) -> None:
     """Fault point "checkpoint:<step>": a save's files are written, its commit is not."""
     maybe_inject_fault("checkpoint", label - 1)
@@ -277,6 +336,7 @@ def make_trainer(cfg: RunConfig, model_cfg, mesh, grad_accum_steps: int) -> Trai
         remat=cfg.model.remat,
         score_last=cfg.rollout.max_new_tokens,  # phases.update_batch puts completions in the last columns
         group_size=cfg.rollout.n,  # rollout rows are group-contiguous: prompts run once per group
+        lora=lora_lib.spec_from_config(cfg.model.lora), dropout_seed=cfg.train.seed,
     )
 
 

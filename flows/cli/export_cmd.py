@@ -1,4 +1,5 @@
-"""`grpo export RUN_DIR DEST [--step K] [--dtype ..] [--force]`: a run's checkpoint as an HF model dir."""
+"""`grpo export RUN_DIR DEST [--step K] [--dtype ..] [--force] [--adapter]`: a run's checkpoint as an HF
+model dir, or a LoRA run's adapters as a PEFT adapter dir."""
 import argparse
 import re
 import shlex
@@ -20,7 +21,8 @@ def export(args: argparse.Namespace) -> int:
 
     command = shlex.join(["grpo", *sys.argv[1:]]) if sys.argv[1:2] == ["export"] else None
     result = export_run(args.run_dir, args.dest, step=args.step, dtype=args.dtype, force=args.force,
-                        max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES, command=command)
+                        max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES, command=command,
+                        adapter=args.adapter)
     print(f"exported checkpoint {result.step} of {args.run_dir} ({result.dtype}, params sha256 "
           f"{result.params_sha256[:16]}) to {result.dest}: {', '.join(result.files)}")
     return 0
@@ -38,4 +40,6 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="replace DEST even if it is not empty")
     parser.add_argument("--max-shard-size", type=shard_size, metavar="SIZE",
                         help="split the weights into safetensors files of at most SIZE, with an index (default 5GB)")
+    parser.add_argument("--adapter", action="store_true",
+                        help="a LoRA run: write its adapters as a PEFT adapter directory instead of the merged model")
     parser.set_defaults(handler=export)

@@ -186,12 +186,34 @@ def attention_with_cache(q, k, v, allowed_bts, k_old, v_old, allowed_old_bts, he
     return out.reshape(B, T, Nq, Hd)
 
 
+# Adapter targets in a fixed order: each one's dropout key is the layer's key folded with its index.
+_LORA_ORDER = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def with_lora(p: dict, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """y (= x @ p[name]) plus the low-rank path dropout(x) @ A @ B when the layer params carry
+    adapters for `name` (grpo_core.lora.attach: B is pre-scaled). x: [B, T, *in]; y: [B, T, *out].
+    The adapter path runs in float32 and is added in y's dtype, as PEFT does."""
+    adapter = p.get("lora", {}).get(name)
+    if adapter is None:
+        return y
+    x = x.astype(jnp.float32)
+    if "lora_dropout" in p:
+        drop = p["lora_dropout"]
+        rate = drop["rate"]
+        keep = jax.random.bernoulli(jax.random.fold_in(drop["key"], _LORA_ORDER.index(name)), 1.0 - rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - rate), 0.0)
+    a, b = adapter["a"], adapter["b"]
+    xa = jnp.tensordot(x, a, axes=a.ndim - 1)  # [B, T, r]
+    return y + jnp.tensordot(xa, b, axes=1).astype(y.dtype)
+
+
 def _project_qkv(p: dict, x: jax.Array, positions_bt: jax.Array, cfg: ModelConfig):
     """x: [B, T, D] -> q [B, T, Nq, Hd], k, v [B, T, Nkv, Hd] with RoPE applied to q and k
     (after the per-head q/k RMSNorm when the config has one)."""
-    q = jnp.einsum("btd,dnh->btnh", x, p["wq"])
-    k = jnp.einsum("btd,dnh->btnh", x, p["wk"])
-    v = jnp.einsum("btd,dnh->btnh", x, p["wv"])
+    q = with_lora(p, "wq", x, jnp.einsum("btd,dnh->btnh", x, p["wq"]))
+    k = with_lora(p, "wk", x, jnp.einsum("btd,dnh->btnh", x, p["wk"]))
+    v = with_lora(p, "wv", x, jnp.einsum("btd,dnh->btnh", x, p["wv"]))
     if cfg.attention_bias:
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
     if cfg.qk_norm:
@@ -273,7 +295,9 @@ gate_up.defvjp(_gate_up_fwd, _gate_up_bwd)
 
 def _mlp(p: dict, x: jax.Array) -> jax.Array:
     gate, up = gate_up(x, p["w_gate"], p["w_up"])
-    return jnp.einsum("btf,fd->btd", swiglu(gate, up), p["w_down"])
+    gate, up = with_lora(p, "w_gate", x, gate), with_lora(p, "w_up", x, up)
+    act = swiglu(gate, up)
+    return with_lora(p, "w_down", act, jnp.einsum("btf,fd->btd", act, p["w_down"]))
 
 
 def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, cached, heads_major: bool = False):
@@ -292,7 +316,7 @@ def _layer(cfg: ModelConfig, h, p, positions_bt, allowed_bts, cached, heads_majo
         k_old, v_old, allowed_old = cached
         attn = attention_with_cache(q, k, v, allowed_bts, k_old.astype(q.dtype), v_old.astype(q.dtype), allowed_old,
                                     heads_major)
-    h = h + jnp.einsum("btnh,nhd->btd", attn, p["wo"])
+    h = h + with_lora(p, "wo", attn, jnp.einsum("btnh,nhd->btd", attn, p["wo"]))
     h = h + _mlp(p, rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps))
     return h, (k, v)
 
