@@ -22,6 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from grpo_core import lora as lora_lib
 from grpo_core.errors import UserError
 from grpo_core.memory import Accelerator
 from schemas.run import RunConfig
@@ -101,29 +102,31 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
     use_compile_only_tpu()
     import jax.numpy as jnp
 
-    from flows.preflight import build_workload, resolve_model_config
+    from flows.preflight import base_dtype, build_workload, resolve_model_config
     from grpo_core import aot
     from grpo_core.layouts import generation_mesh
     from grpo_core.models.model import Model
     from grpo_core.phases import update_width
     from grpo_core.sampling import lower_generate
     from grpo_core.sharding import make_mesh
-    from tasks.session import make_trainer, mesh_shape
+    from tasks.session import mesh_shape
 
     devices = slice_devices(acc)
     derived = cfg.derive(acc.hosts, acc.chips)
     mesh = make_mesh(mesh_shape(cfg, acc.hosts, acc.chips // acc.hosts), devices)
     model_cfg = resolve_model_config(cfg.model.name_or_path)
-    params = aot.abstract_params(model_cfg, jnp.dtype(cfg.model.dtype), mesh)
-    trainer = make_trainer(cfg, model_cfg, mesh, derived.grad_accum_steps)
-    opt_state = trainer.abstract_opt_state(params)
-    ref = params if cfg.loss.beta > 0 else None
-    resident = aot.resident_bytes(opt_state) + (aot.resident_bytes(ref) if ref is not None else 0)
+    dtype = jnp.dtype(base_dtype(cfg.model, acc.kind))
+    params, ref, resident, trainer, opt_state = _update_state(cfg, model_cfg, mesh, dtype, derived.grad_accum_steps)
     # The samplers run on the generation layout's mesh, with the training params resident beside them.
     gen_mesh = generation_mesh(mesh, build_workload(cfg, acc)[0].weights_layout, model_cfg, acc.chips // acc.hosts)
-    if gen_mesh is not mesh:
+    lora = lora_lib.spec_from_config(cfg.model.lora)
+    if lora is not None:  # the sampler's weights are the merge: targets copied, the rest the base's own
+        base = aot.resident_bytes(ref)
+        resident += base if gen_mesh is not mesh else base - aot.resident_bytes(
+            {name: ref["layers"][name] for name in lora.targets})
+    elif gen_mesh is not mesh:
         resident += aot.resident_bytes(params)
-    r, model = cfg.rollout, Model(model_cfg, aot.abstract_params(model_cfg, jnp.dtype(cfg.model.dtype), gen_mesh))
+    r, model = cfg.rollout, Model(model_cfg, aot.abstract_params(model_cfg, dtype, gen_mesh))
     programs = {
         "rollout": lambda: lower_generate(
             model, derived.prompts_global_per_step, r.max_prompt_tokens, gen_mesh, max_new_tokens=r.max_new_tokens,
@@ -145,6 +148,26 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
         results[phase] = aot.compile_phase(phase, programs[phase], 0 if phase == "update" else resident, store)
         log(f"{phase}: {results[phase].seconds:.1f} s{' (known program: figures from the cache)' if results[phase].cached else ''}")
     return results
+
+
+def _update_state(cfg: RunConfig, model_cfg, mesh, dtype, grad_accum_steps: int):
+    """(trained params, frozen ref_params or None, their resident bytes beside the sampler,
+    trainer, optimizer state), abstract: with LoRA the adapters train and the base is the
+    frozen argument (grpo_core.train_step)."""
+    from grpo_core import aot
+    from tasks.session import make_trainer
+
+    base = aot.abstract_params(model_cfg, dtype, mesh)
+    trainer = make_trainer(cfg, model_cfg, mesh, grad_accum_steps)
+    lora = lora_lib.spec_from_config(cfg.model.lora)
+    if lora is None:
+        opt_state = trainer.abstract_opt_state(base)
+        ref = base if cfg.loss.beta > 0 else None
+        resident = aot.resident_bytes(opt_state) + (aot.resident_bytes(ref) if ref is not None else 0)
+        return base, ref, resident, trainer, opt_state
+    adapters = lora_lib.abstract_adapters(model_cfg, lora, mesh)
+    opt_state = trainer.abstract_opt_state(adapters)
+    return adapters, base, aot.resident_bytes(opt_state) + aot.resident_bytes(adapters), trainer, opt_state
 
 
 def compiler_id(acc: Accelerator) -> str:

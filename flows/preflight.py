@@ -70,6 +70,17 @@ def resolve_model_config(name_or_path: str) -> ModelConfig:
     )
 
 
+def base_dtype(section, platform: str) -> str:
+    """The dtype the run holds its (base) weights in on `platform` (tpu, gpu, cpu): with
+    LoRA, model.lora.base_dtype (auto: bfloat16 off CPU), as tasks.session.lora_model_section."""
+    lora = section.lora
+    if lora is None or lora.rank == 0:
+        return section.dtype
+    if lora.base_dtype != "auto":
+        return lora.base_dtype
+    return section.dtype if platform == "cpu" else "bfloat16"
+
+
 def mesh_sizes(cfg: RunConfig, accelerator: Accelerator) -> dict[str, int]:
     """Mesh axis sizes: explicit mesh.shape, or auto = dp over hosts, fsdp over each host's chips."""
     if cfg.mesh.shape == "auto":
@@ -81,9 +92,10 @@ def build_workload(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, 
     """The estimate's inputs for `cfg` on every chip of `accelerator` (one process per host)."""
     derived = cfg.derive(accelerator.hosts, accelerator.chips)
     opt = cfg.train.optimizer
+    lora = cfg.model.lora if cfg.model.lora is not None and cfg.model.lora.rank > 0 else None
     workload = Workload(
         model=resolve_model_config(cfg.model.name_or_path),
-        param_bytes=DTYPE_BYTES[cfg.model.dtype],
+        param_bytes=DTYPE_BYTES[base_dtype(cfg.model, accelerator.kind)],
         prompts=derived.prompts_global_per_step,
         group_size=cfg.rollout.n,
         max_prompt_tokens=cfg.rollout.max_prompt_tokens,
@@ -95,6 +107,8 @@ def build_workload(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, 
         reference=cfg.loss.beta > 0,
         mesh=tuple(mesh_sizes(cfg, accelerator).items()),
         tpu=accelerator.kind == "tpu",
+        lora_rank=lora.rank if lora else 0,
+        lora_targets=tuple(lora.targets) if lora else (),
     )
     local = accelerator.chips // accelerator.hosts
     layout = weights_layout(cfg, workload, accelerator.capacity_bytes, local, decode_rates(accelerator))

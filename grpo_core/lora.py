@@ -131,11 +131,29 @@ def init_sharded_adapters(cfg: ModelConfig, spec: LoraSpec, seed: int, mesh) -> 
     return jax.jit(lambda k: init_adapters(cfg, spec, k), out_shardings=shardings)(key)
 
 
+def abstract_adapters(cfg: ModelConfig, spec: LoraSpec, mesh) -> dict:
+    """ShapeDtypeStructs of the float32 adapters, sharded over `mesh` by the rules table."""
+    shapes = jax.eval_shape(lambda: init_adapters(cfg, spec, jax.random.PRNGKey(0)))
+    shardings = tree_shardings(adapter_logical_axes(cfg, spec), shapes, mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
 def merge_program(spec: LoraSpec, base: dict):
-    """`merge` as one jitted program whose output is sharded like `base` (call it with
-    (base, adapters)); the caller keeps it, so every rollout reuses one compiled program."""
-    shardings = jax.tree.map(lambda x: x.sharding, base)
-    return jax.jit(lambda b, adapters: merge(b, adapters, spec), out_shardings=shardings)
+    """`merge` as a function of (base, adapters) that runs one jitted program over the target
+    weights only, outputs sharded like them; the other leaves are the base's own arrays (no
+    copy). The caller keeps it, so every rollout reuses one compiled program."""
+    shardings = {name: base["layers"][name].sharding for name in spec.targets}
+
+    def merged_targets(targets, adapters):
+        return merge({"layers": targets}, adapters, spec)["layers"]
+
+    program = jax.jit(merged_targets, out_shardings=shardings)
+
+    def run(base: dict, adapters: dict) -> dict:
+        targets = program({name: base["layers"][name] for name in spec.targets}, adapters)
+        return dict(base, layers=dict(base["layers"], **targets))
+
+    return run
 
 
 def _hf_module(name: str) -> str:

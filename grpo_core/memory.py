@@ -70,6 +70,12 @@ for v6e-8 / v5e-8 / v6e-16 on a CPU host, `grpo preflight --compile`):
    (buffer assignment of configs/quickstart_cpu.yaml's replicated rollout on v6e-8: 195 MB
    of bf16 layer copies of the 212 MB, and a 120 MiB f32[49152,576] copy); both are
    counted whole. Without them that rollout's estimate was 0.83 of XLA's bytes.
+11. LoRA (`Workload.lora_rank` > 0, grpo_core.lora): the base params stay resident in
+   their dtype and are also the KL reference (no reference copy); the float32 adapters,
+   their optimizer moments and the update's gradients (accumulator and one micro-batch's)
+   are adapter-shaped, split like their base weights; the frozen embedding has no
+   gradient. The rollout holds the merged target weights (a copy of those leaves, on the
+   training mesh) or, with another generation layout, the resharded merged copy.
 """
 from __future__ import annotations
 
@@ -81,6 +87,7 @@ from types import SimpleNamespace
 from grpo_core.accelerators import ACCELERATORS, GIB, Accelerator, get_accelerator  # noqa: F401
 from grpo_core.errors import UserError
 from grpo_core.models.config import ModelConfig
+from grpo_core.lora import LoraSpec, adapter_logical_axes, adapter_shapes
 from grpo_core.models.decoder import param_logical_axes, param_shapes
 from grpo_core.sampling import bucket, prompt_slots as sampler_prompt_slots
 from grpo_core.sharding import logical_to_spec
@@ -120,6 +127,8 @@ class Workload:
     # The sampler's mesh when the weights are resharded for generation (grpo_core.layouts:
     # "replicated" or "tp"); None = the training layout ("fsdp"), the training mesh.
     generation_mesh: tuple[tuple[str, int], ...] | None = None
+    lora_rank: int = 0  # > 0: the adapters train on a frozen base (assumption 11)
+    lora_targets: tuple[str, ...] = ()
 
     @property
     def mesh_sizes(self) -> dict[str, int]:
@@ -205,6 +214,21 @@ def param_bytes_per_device(w: Workload, itemsize: int) -> int:
     return sum(math.prod(_shard_shape(n, s, w.mesh_sizes)) * itemsize for s, n in pairs)
 
 
+def adapter_bytes_per_device(w: Workload) -> int:
+    """Bytes one device holds of the float32 LoRA adapters (0 without LoRA)."""
+    if not w.lora_rank:
+        return 0
+    spec = LoraSpec(w.lora_rank, 1.0, targets=w.lora_targets)
+    shapes, axes = adapter_shapes(w.model, spec)["layers"], adapter_logical_axes(w.model, spec)["layers"]
+    return sum(math.prod(_shard_shape(axes[k][x], shapes[k][x], w.mesh_sizes)) * 4 for k in shapes for x in ("a", "b"))
+
+
+def _target_bytes_per_device(w: Workload) -> int:
+    """Bytes one device holds of the LoRA target weights (what a merge copies)."""
+    shapes, axes = param_shapes(w.model)["layers"], param_logical_axes(w.model)["layers"]
+    return sum(math.prod(_shard_shape(axes[k], shapes[k], w.mesh_sizes)) * w.param_bytes for k in w.lora_targets)
+
+
 def _layer_weights(m: ModelConfig) -> int:
     """Parameters of one decoder layer (everything but the embedding and the LM head)."""
     return (m.num_params - m.vocab_size * m.hidden_size * (1 if m.tie_word_embeddings else 2)) // m.num_hidden_layers
@@ -223,6 +247,9 @@ def _gathered_weights(w: Workload, layers: int) -> int:
 def _resident(w: Workload) -> dict[str, int]:
     params = param_bytes_per_device(w, w.param_bytes)
     moments = OPTIMIZER_MOMENTS[w.optimizer] + (1 if w.optimizer == "sgd" and w.momentum else 0)
+    if w.lora_rank:
+        adapters = adapter_bytes_per_device(w)
+        return {"params": params, "adapters": adapters, "optimizer state": moments * adapters}
     parts = {"params": params, "optimizer state": moments * params}
     if w.reference:
         parts["reference params"] = params
@@ -285,6 +312,8 @@ def _rollout_base(w: Workload) -> dict[str, int]:
                                               + m.vocab_size * m.hidden_size * 4) // g.tp
     else:
         parts["gathered weights"] = _gathered_weights(w, layers=1)
+        if w.lora_rank:
+            parts["merged weights"] = _target_bytes_per_device(w)
     seqs = g.sampler_prompts_per_device * w.group_size
     parts["kv cache"] = _kv_cache(g, seqs, w.prompt_slots + w.new_tokens)
     return parts
@@ -328,8 +357,11 @@ def update_components(w: Workload) -> dict[str, int]:
     # v6e-8; with two it was 1.24-1.31 of XLA for the 7B updates), plus one micro-batch
     # gradient in the param dtype.
     copies = TPU_ACCUMULATOR_COPIES if w.tpu else 1
-    parts["gradients"] = int(copies * param_bytes_per_device(w, 4)) + param_bytes_per_device(w, pb)
-    if w.mesh_sizes.get("fsdp", 1) * w.tp > 1:
+    if w.lora_rank:
+        parts["gradients"] = int((copies + 1) * adapter_bytes_per_device(w))
+    else:
+        parts["gradients"] = int(copies * param_bytes_per_device(w, 4)) + param_bytes_per_device(w, pb)
+    if w.mesh_sizes.get("fsdp", 1) * w.tp > 1 and not w.lora_rank:
         # The gathered [V, D] matrix's gradient, whole and float32, before it is reduce-
         # scattered onto the shards (f32[49152,576] in XLA's buffer assignment for SmolLM2).
         parts["head gradient"] = m.vocab_size * m.hidden_size * 4 // w.tp

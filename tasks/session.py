@@ -292,13 +292,9 @@ def compilation_cache_dir(cfg: RunConfig, run_dir: Path, mesh) -> str | None:
 def lora_model_section(section, mesh):
     """The `model:` section to load the weights with: with LoRA the base's dtype is
     model.lora.base_dtype, where auto is bfloat16 on TPU/GPU meshes and model.dtype on CPU."""
-    lora = section.lora
-    if lora is None or lora.rank == 0:
-        return section
-    dtype = lora.base_dtype
-    if dtype == "auto":
-        dtype = section.dtype if mesh.devices.flat[0].platform == "cpu" else "bfloat16"
-    return section.model_copy(update={"dtype": dtype})
+    from flows.preflight import base_dtype
+
+    return section.model_copy(update={"dtype": base_dtype(section, mesh.devices.flat[0].platform)})
 
 
 def base_fingerprint(base: dict, dtype: str | None = None) -> str:
