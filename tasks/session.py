@@ -114,6 +114,11 @@ class TrainSession(RunPlan):
         """The current policy (with LoRA: the adapters merged into a copy of the base)."""
         return Model(self.model_cfg, self._policy_weights(), self.tokenizer)
 
+    def policy_like(self) -> Model:
+        """A Model with the policy's shapes, dtypes and shardings, to lower the sampler with:
+        with LoRA the base itself (the merge changes values only), so nothing is computed."""
+        return Model(self.model_cfg, self.params if self.lora is None else self.ref_params, self.tokenizer)
+
     def _base_dtype(self) -> str:
         return str(jax.tree.leaves(self.ref_params)[0].dtype)
 

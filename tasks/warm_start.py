@@ -103,7 +103,7 @@ def precompile_step(session: TrainSession, step: int, stop=lambda: False) -> lis
                                       r.max_prompt_tokens)
     done, floor = [], session.min_prompt_width()
     if session.generation_mesh is session.mesh:
-        lower_generate_call(session.policy, prompts, r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.n,
+        lower_generate_call(session.policy_like(), prompts, r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.n,
                             session.generation_mesh, floor).compile()
         done.append("rollout")
     if session.sampling_rounds == 1 and not stop():
