@@ -107,6 +107,15 @@ def attach(base: dict, adapters: dict, spec: LoraSpec, dropout_key: jax.Array | 
     return dict(base, layers=layers)
 
 
+def dropout_key(seed: int, epoch: int, tokens_bt: jax.Array) -> jax.Array:
+    """The adapters' dropout key of one micro-batch (inside jit): from the run seed, the
+    epoch and a position-weighted checksum of its tokens [B, T], so a resumed step draws
+    the masks the uninterrupted one drew."""
+    tokens = tokens_bt.astype(jnp.uint32)
+    checksum = jnp.sum(tokens * (jnp.arange(tokens.size, dtype=jnp.uint32).reshape(tokens.shape) + 1))
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), epoch), checksum)
+
+
 def stacked_delta(a: jax.Array, b: jax.Array) -> jax.Array:
     """A @ B over the rank per layer, float32: [L, *in, r] x [L, r, *out] -> [L, *in, *out]."""
     n_in, n_out = a.ndim - 2, b.ndim - 2

@@ -386,15 +386,10 @@ class Trainer:
         return grads, metrics, kept
 
     def _policy_params(self, params, ref_params, mb, epoch: int):
-        """The params the policy runs with: `params`, or with LoRA the base with the adapters
-        attached (and their dropout keys, drawn from the seed, epoch and micro-batch tokens)."""
+        """The params the policy runs with: `params`, or with LoRA the base with the adapters attached."""
         if self.lora is None:
             return params
-        key = None
-        if self.lora.dropout > 0:
-            tokens = mb["tokens_bt"].astype(jnp.uint32)
-            checksum = jnp.sum(tokens * (jnp.arange(tokens.size, dtype=jnp.uint32).reshape(tokens.shape) + 1))
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.dropout_seed), epoch), checksum)
+        key = lora_lib.dropout_key(self.dropout_seed, epoch, mb["tokens_bt"]) if self.lora.dropout > 0 else None
         return lora_lib.attach(ref_params, params, self.lora, key)
 
     def _loss(self, params, mb, den, ref_params, group: int = 1, epoch: int = 0):

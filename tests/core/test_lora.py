@@ -116,10 +116,10 @@ def test_every_estimator_and_dropout_run_lora_steps_on_two_devices():
         adapters, opt_state, metrics = trainer.step(adapters, opt_state, trainer.shard_batch(batch), base)
         assert np.isfinite(float(metrics["loss"])), name
     # Dropout masks come from the seed and the batch: the same step again gives the same update.
-    same = [Trainer(CFG, optax.sgd(1.0), LossCfg, mesh=mesh, lora=spec, dropout_seed=7) for _ in range(2)]
+    dropped = Trainer(CFG, optax.sgd(1.0), LossCfg, mesh=mesh, lora=spec, dropout_seed=7)
     base, fresh = sharded(init_params(CFG, jax.random.PRNGKey(0)), random_adapters(), mesh, spec)
-    outs = [jax.tree.map(np.asarray, t.step(jax.tree.map(jnp.copy, fresh), t.init_opt_state(fresh),
-                                            t.shard_batch(make_batch()), base)[0]) for t in same]
+    outs = [jax.tree.map(np.asarray, dropped.step(jax.tree.map(jnp.copy, fresh), dropped.init_opt_state(fresh),
+                                                  dropped.shard_batch(make_batch()), base)[0]) for _ in range(2)]
     no_drop = Trainer(CFG, optax.sgd(1.0), LossCfg, mesh=mesh, lora=SPEC)
     plain = jax.tree.map(np.asarray, no_drop.step(jax.tree.map(jnp.copy, fresh), no_drop.init_opt_state(fresh),
                                                   no_drop.shard_batch(make_batch()), base)[0])
