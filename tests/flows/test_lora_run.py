@@ -71,7 +71,7 @@ def test_exported_adapter_loads_in_peft_and_decodes_like_the_merged_export(lora_
     assert tensors["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].shape == (base.config.hidden_size, 4)
     assert len(tensors) == 2 * 5 * base.config.num_hidden_layers  # adapters only: no base weight
 
-    save_pretrained(base, None, tmp_path / "base")
+    save_pretrained(base.params, base.config, tmp_path / "base")  # weights only: peft needs no tokenizer
     hf_base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(hf_base, tmp_path / "adapter").eval()
     merged = load_pretrained(tmp_path / "merged")
