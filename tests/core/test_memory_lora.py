@@ -34,7 +34,7 @@ def test_lora_update_holds_adapter_sized_state_and_no_reference_copy():
     assert "reference params" in f and "reference params" not in l_  # the base is the reference
     assert l_["params"] == f["params"]  # the base is held as before
     assert l_["optimizer state"] * 10 < f["optimizer state"]  # bf16 moments of 7.6B vs float32 ones of 40M
-    assert l_["gradients"] * 50 < f["gradients"] and "head gradient" not in l_
+    assert l_["gradients"] * 20 < f["gradients"] and "head gradient" not in l_
     assert estimate_memory(with_lora).total("update") < estimate_memory(full).total("update")
     merged = estimate_memory(with_lora).phases["decode"]["merged weights"]
     assert 0 < merged < f["params"]  # the merged target weights, not the embedding
