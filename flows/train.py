@@ -32,6 +32,7 @@ from pathlib import Path
 
 import jax
 from prefect import flow
+from prefect.futures import PrefectFuture
 from prefect.context import SyncClientContext
 
 from flows.console import run_logs_to_prefect
@@ -86,8 +87,9 @@ async def step_flow(run_id: str, step: int) -> dict:
     opts, digests = cache_options(session.run_dir), _phase_inputs(session)
     rolled = _rollout(session, step, digests, opts)
     session.note_rollout(rolled.stats)  # cached or not: the prompt width floor (rollout.prompt_width)
-    if _samples_ahead(session, step):
-        _rollout(session, step + 1, digests, opts)  # on the params update `step` starts from
+    # On the params update `step` starts from; with a device split, on the sampler group
+    # while the update below runs on the trainer group.
+    ahead = _rollout(session, step + 1, digests, opts, overlap=True) if _samples_ahead(session, step) else None
     rewarded = phases.reward.with_options(**opts)(_input(session, step, "reward", digests, upstream=rolled))
     advantaged = phases.advantage.with_options(**opts)(_input(session, step, "advantage", digests, upstream=rewarded))
     update_input = _input(session, step, "update", digests, upstream=advantaged)
@@ -96,17 +98,26 @@ async def step_flow(run_id: str, step: int) -> dict:
     replay = session.params_version <= step
     updated = phases.update.with_options(**opts, refresh_cache=replay)(update_input, rolled)
     manifests = {"rollout": rolled, "reward": rewarded, "advantage": advantaged, "update": updated}
+    if isinstance(ahead, PrefectFuture):
+        ahead.result()  # the sampler group is idle again before the next params transfer
     if _eval_due(session.cfg, step):
+        session.publish_params()
         eval_input = _input(session, step, "eval", digests, params_version=step + 1)
         manifests["eval"] = phases.evaluate.with_options(**opts, refresh_cache=_refresh(eval_input))(eval_input)
     return manifests
 
 
-def _rollout(session, step: int, digests: dict, opts: dict):
-    """The rollout task of `step` on the params version its key names (cached when done)."""
-    rollout_input = _input(session, step, "rollout", digests, params_version=session.rollout_params_version(step),
+def _rollout(session, step: int, digests: dict, opts: dict, overlap: bool = False):
+    """The rollout task of `step` on the params version its key names (cached when done).
+    With a device split the params go to the sampler group first when they are that
+    version; `overlap`: submitted to run beside what the flow does next (a future)."""
+    version = session.rollout_params_version(step)
+    if session.params_version == version:
+        session.publish_params()
+    rollout_input = _input(session, step, "rollout", digests, params_version=version,
                            prompt_ids=_prompt_ids(session, step))
-    return phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))(rollout_input)
+    task = phases.rollout.with_options(**opts, refresh_cache=_refresh(rollout_input))
+    return task.submit(rollout_input) if overlap and session.split else task(rollout_input)
 
 
 def _samples_ahead(plan: RunPlan, step: int) -> bool:

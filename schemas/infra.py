@@ -18,6 +18,13 @@ class MeshSection(Section):
         description="'auto' = dp across processes, fsdp across the devices of each process; or "
         "explicit {dp, fsdp, tp} whose product equals the device count.",
     )
+    sampler_devices: int = Field(
+        0, ge=0, le=65536,
+        description="Devices given to sampling alone (the first sampler_devices / processes of each host); the "
+        "rest train, and mesh.shape describes them. After each update the new params are resharded once onto "
+        "the sampler's devices. With rollout.max_staleness=1 the rollout of step k+1 runs there while step k "
+        "updates. 0 = no split: sampling and training take turns on every device.",
+    )
     num_processes: int | None = Field(
         None, ge=1, description="Required JAX process count; the run fails fast when fewer join. null = whatever starts."
     )

@@ -10,6 +10,14 @@ and then hands the session over: `hand_over`). Every session method that dispatc
 device program checks the owner first and names the offending thread, so a violation
 is an immediate error instead of a rare hang.
 
+A slice split into a sampler group and a trainer group (mesh.sampler_devices) has one
+owner per group: the trainer group's is the session's owner, the sampler group's is its
+own `GroupThread`, which runs the sampler's calls one at a time in submission order. The
+two groups share no device, so their programs cannot interleave on one. The one program
+that spans both, the reshard of new params onto the sampler group, runs on the sampler
+thread while the trainer's owner waits for it (`GroupThread.run`): both groups' orders
+are fixed at that point.
+
 Threads that never touch a device need no check: the checkpoint commit watcher only
 waits for orbax's file writes (orbax's barriers in multi-process runs use the
 distributed runtime's key-value store, not device programs: grpo_core/checkpoint.py),
@@ -19,6 +27,7 @@ embedded server's orphan watchdog (flows/local_server.py) is another process.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 
@@ -54,3 +63,24 @@ class DispatchOwner:
             raise WrongDispatchThread(f"{len(unfinished)} arrays of thread {self._thread.name!r} were still being "
                                       "computed when it handed the session over")
         self._thread = threading.current_thread()
+
+
+class GroupThread:
+    """A device group's own dispatch thread: runs the calls given to it in submission order.
+
+    The thread that calls `run` or `submit` may be any thread (a Prefect worker running a
+    rollout task); only this one dispatches the group's programs (`owner`)."""
+
+    def __init__(self, name: str):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.owner: DispatchOwner = self._pool.submit(DispatchOwner).result()  # owned by the pool's thread
+
+    def submit(self, fn, *args) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def run(self, fn, *args):
+        """fn(*args) on this group's thread; the caller waits for it."""
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

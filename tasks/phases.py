@@ -38,6 +38,14 @@ def _finish(phase_input: PhaseInput, session, table, stats: dict, started: float
                          seconds=seconds)
 
 
+def _busy(group: str, fn, *args):
+    """(fn(*args), when the device group running it began and ended, as unix seconds): run
+    in that group's dispatch thread, so a split run shows when each group was busy."""
+    began = time.time()
+    out = fn(*args)
+    return out, {f"{group}_busy_from_unix": began, f"{group}_busy_until_unix": time.time()}
+
+
 def _upstream_table(session, phase_input: PhaseInput, manifest: PhaseManifest | None = None):
     manifest = manifest or phase_input.upstream
     return read_table(session.run_dir / manifest.path)
@@ -45,11 +53,11 @@ def _upstream_table(session, phase_input: PhaseInput, manifest: PhaseManifest | 
 
 def _require_params(session, phase_input: PhaseInput) -> None:
     """Rollout/eval can only be computed on the params version their key names."""
-    if session.params_version != phase_input.params_version:
+    if session.sampling_version != phase_input.params_version:
         raise UserError(
             f"step {phase_input.step}'s {phase_input.phase} artifact is missing but the params it needs "
             f"(version {phase_input.params_version}) are gone (the session is at "
-            f"version {session.params_version}); restore the run directory's steps/ folder or start a new --run-dir"
+            f"version {session.sampling_version}); restore the run directory's steps/ folder or start a new --run-dir"
         )
 
 
@@ -59,8 +67,9 @@ def rollout(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     _require_params(session, phase_input)
     with compiles.in_phase("rollout"):
-        table, sampling = session.sample_step(phase_input.step)
+        (table, sampling), busy = session.on_sampler(_busy, "sampler", session.sample_step, phase_input.step)
     version = {"rollout_params_version": float(phase_input.params_version)}  # rollout.max_staleness
+    sampling |= busy if session.split else {}
     return _finish(phase_input, session, table,
                    phases.rollout_stats(table) | sampling | session.reshard_stats | version, started)
 
@@ -90,9 +99,11 @@ def update(phase_input: PhaseInput, rollout_manifest: PhaseManifest) -> PhaseMan
     if session.params_version > phase_input.step:
         return _applied_update(phase_input, session)
     with compiles.in_phase("update"):
-        metrics = session.update(phase_input.step, _upstream_table(session, phase_input, rollout_manifest),
-                                 _upstream_table(session, phase_input),
-                                 int(rollout_manifest.stats.get("prompt_width_floor", 0)))
+        metrics, busy = _busy("trainer", session.update, phase_input.step,
+                              _upstream_table(session, phase_input, rollout_manifest),
+                              _upstream_table(session, phase_input),
+                              int(rollout_manifest.stats.get("prompt_width_floor", 0)))
+    metrics |= busy if session.split else {}
     return _write_json(phase_input, session, metrics, started)
 
 
@@ -116,7 +127,7 @@ def evaluate(phase_input: PhaseInput) -> PhaseManifest:
     started, session = time.perf_counter(), get_session(phase_input.run_id)
     _require_params(session, phase_input)
     with compiles.in_phase("eval"):
-        stats = session.evaluate()
+        stats = session.on_sampler(session.evaluate)
     return _write_json(phase_input, session, stats, started)
 
 

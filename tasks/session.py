@@ -7,6 +7,7 @@ ever pass small manifests around.
 """
 from __future__ import annotations
 
+import contextvars
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml
 from schemas.run import RunConfig
-from tasks.dispatch import DispatchOwner
+from tasks.device_groups import split_devices
+from tasks.dispatch import DispatchOwner, GroupThread
 from tasks.faults import maybe_inject_fault
 from tasks.host import keep_freed_memory
 from tasks.model_source import resolve_model
@@ -48,7 +50,10 @@ class TrainSession(RunPlan):
     def __init__(self, cfg: RunConfig, run_dir: Path):
         super().__init__(cfg, run_dir)
         self.dispatch = DispatchOwner()  # the thread that opens the session dispatches its programs
-        self.mesh = make_mesh(mesh_shape(cfg, jax.process_count(), jax.local_device_count()))
+        sampler_devices, trainer_devices = split_devices(cfg.mesh.sampler_devices)
+        self.split = sampler_devices is not trainer_devices  # tasks/device_groups.py
+        self.mesh = make_mesh(mesh_shape(cfg, self.num_processes, len(trainer_devices) // self.num_processes),
+                              trainer_devices)
         compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir, self.mesh))  # before the first compile
         self.lora = lora_lib.spec_from_config(cfg.model.lora)
         model = resolve_model(lora_model_section(cfg.model, self.mesh), cfg.train.seed, self.mesh,
@@ -69,7 +74,13 @@ class TrainSession(RunPlan):
                                        asynchronous=cfg.checkpoint.asynchronous, before_commit=_checkpoint_fault,
                                        compress=cfg.checkpoint.compress)
         self.weights_layout = resolve_weights_layout(cfg, self.mesh)
-        self.generation_mesh = generation_mesh(self.mesh, self.weights_layout, self.model_cfg, jax.local_device_count())
+        sampler_local = len(sampler_devices) // self.num_processes
+        sampler_mesh = make_mesh(auto_mesh_shape(self.num_processes, sampler_local), sampler_devices) if self.split \
+            else self.mesh
+        self.generation_mesh = generation_mesh(sampler_mesh, self.weights_layout, self.model_cfg, sampler_local)
+        # With a split: the sampler group's own dispatch thread and its copy of the params.
+        self.sampler = GroupThread("grpo-sampler") if self.split else None
+        self.sampler_params, self.sampler_params_version = None, None
         self.reshard_stats: dict[str, float] = {}
         self.params_version = 0
         # rollout.prompt_width "run_max": the widest prompt width of the steps seen so far, fed
@@ -104,6 +115,8 @@ class TrainSession(RunPlan):
 
     def close(self) -> None:
         _SESSIONS.pop(self.run_id, None)
+        if self.sampler is not None:
+            self.sampler.close()
         self.checkpoints.close()
         self._lock.release()
 
@@ -132,7 +145,9 @@ class TrainSession(RunPlan):
         once, here, for a whole rollout; the copy is dropped with the returned Model, so the
         update never holds it. The reshard's seconds and the copy's bytes per device go to
         `reshard_stats` (the rollout's manifest stats)."""
-        self.dispatch.check("rollout")
+        self.sampler_owner.check("rollout")
+        if self.split:  # the copy publish_params keeps on the sampler group
+            return Model(self.model_cfg, self.sampler_params, self.tokenizer)
         started = time.perf_counter()
         # With LoRA the merge is the copy (made once per rollout), resharded when the layouts differ.
         weights = self._policy_weights()
@@ -141,6 +156,43 @@ class TrainSession(RunPlan):
         self.reshard_stats = {"weights_reshard_seconds": time.perf_counter() - started if copy else 0.0,
                               "generation_weights_gib": bytes_per_device(params) / 2**30 if copy else 0.0}
         return Model(self.model_cfg, params, self.tokenizer)
+
+    # ---- device groups (mesh.sampler_devices) ---------------------------------------------
+
+    @property
+    def sampler_owner(self):
+        """Who dispatches the sampler's programs: the sampler group's thread, or the session's owner."""
+        return self.sampler.owner if self.split else self.dispatch
+
+    @property
+    def sampling_version(self) -> int:
+        """The params version a rollout or eval started now samples with."""
+        return self.sampler_params_version if self.split else self.params_version
+
+    def on_sampler(self, fn, *args):
+        """fn(*args) on the thread that dispatches the sampler's programs (this one with no split)."""
+        return self.sampler.run(contextvars.copy_context().run, fn, *args) if self.split else fn(*args)
+
+    def submit_on_sampler(self, fn, *args):
+        """Like on_sampler, without waiting: a Future, or the result itself with no split."""
+        return self.sampler.submit(contextvars.copy_context().run, fn, *args) if self.split else fn(*args)
+
+    def publish_params(self) -> None:
+        """With a split: reshard the current params onto the sampler group's generation layout
+        (device to device), unless it holds them already. Called by the trainer's owner, which
+        waits while the sampler thread runs the transfer (tasks/dispatch.py)."""
+        if not self.split or self.sampler_params_version == self.params_version:
+            return
+        self.dispatch.check("params transfer")
+        self.sampler.run(self._receive_params, self.params, self.params_version)
+
+    def _receive_params(self, params, version: int) -> None:
+        self.sampler_params = None  # the old copy goes before the new one arrives
+        started = time.perf_counter()
+        self.sampler_params = jax.block_until_ready(to_generation_layout(params, self.model_cfg, self.generation_mesh))
+        self.sampler_params_version = version
+        self.reshard_stats = {"weights_reshard_seconds": time.perf_counter() - started,
+                              "generation_weights_gib": bytes_per_device(self.sampler_params) / 2**30}
 
     def apply_update(self, batch_np: dict, step: int) -> dict[str, float]:
         """One train step on this process's rows; advances params_version. Returns float metrics."""

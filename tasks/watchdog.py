@@ -72,7 +72,8 @@ class PhaseWatchdog:
         self.timeout_s, self.clock, self.exit = timeout_s, clock, exit
         self.report_path = report_path(run_dir, process_index)
         self.flow_run = _prefect_run_ids(flow_only=True)  # the train flow's run, when there is one
-        self._current: Watched | None = None
+        # Per thread: a split run's rollout runs beside the update (flows/train.py).
+        self._current: dict[int, Watched] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,20 +81,24 @@ class PhaseWatchdog:
     def phase(self, step: int, name: str):
         """Watch `name` of `step` while the block runs; a phase nested inside (the update's
         checkpoint save) is watched on its own, and the outer one restarts its clock after it."""
-        outer = self._current
+        thread = threading.get_ident()
+        outer = self._current.get(thread)
         runs = tuple(dict.fromkeys(_prefect_run_ids() + self.flow_run))
-        self._current = Watched(step, name, self.clock(), runs)
+        self._current[thread] = Watched(step, name, self.clock(), runs)
         try:
             yield
         finally:
-            self._current = outer._replace(since=self.clock()) if outer else None
+            if outer:
+                self._current[thread] = outer._replace(since=self.clock())
+            else:
+                self._current.pop(thread, None)
 
     def check(self) -> bool:
         """Fire (and return True) when the current phase has run past the timeout."""
-        current = self._current
-        if current is None or self.clock() - current.since < self.timeout_s:
+        late = [w for w in list(self._current.values()) if self.clock() - w.since >= self.timeout_s]
+        if not late:
             return False
-        self._fire(current)
+        self._fire(late[0])
         return True
 
     def start(self) -> "PhaseWatchdog":

@@ -55,6 +55,33 @@ def test_time_between_phases_and_before_a_nested_phase_ends_counts_as_progress(t
     assert "step 1 hung in its reward phase" in (tmp_path / "hang.txt").read_text()
 
 
+def test_phases_of_two_threads_are_watched_each_on_its_own(tmp_path):
+    """A split run's rollout sampled ahead runs in a worker thread beside the update: each
+    thread's phase has its own clock, and one ending leaves the other watched."""
+    import threading
+
+    dog, clock, exits = fake_watchdog(tmp_path)
+    entered, leave = threading.Event(), threading.Event()
+
+    def rollout_ahead():
+        with dog.phase(2, "rollout"):
+            entered.set()
+            leave.wait()
+
+    worker = threading.Thread(target=rollout_ahead)
+    worker.start()
+    entered.wait()
+    with dog.phase(1, "update"):
+        clock.now += 8
+        leave.set()
+        worker.join()  # the rollout ended: no phase of the worker remains
+        clock.now += 1.9
+        assert not dog.check()
+        clock.now += 0.1
+        assert dog.check()
+    assert exits == [EXIT_CODE] and "step 1 hung in its update phase" in (tmp_path / "hang.txt").read_text()
+
+
 def test_no_watchdog_when_the_timeout_is_0_or_null(tmp_path):
     for off in (0, None):
         with watching(off, tmp_path) as dog, phase(0, "rollout"):

@@ -1,0 +1,41 @@
+"""A slice split into a sampler group and a trainer group (slow tier): `grpo train` on 4
+host devices, 2 sampling and 2 training, rollout.max_staleness=1. The rollout of step
+k+1 runs on the sampler group while the update of step k runs on the trainer group, as
+the timestamps each group's dispatch thread records show."""
+import json
+
+import pytest
+import yaml
+
+from test_resume import train
+from train_helpers import TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def split_config(tmp_path):
+    body = json.loads(json.dumps(TINY))
+    body["train"].update(steps=3, ppo_epochs=2)  # an update long enough to overlap on a tiny model
+    body["rollout"].update(max_staleness=1, batch_size=8, n=4, max_new_tokens=128)
+    body["checkpoint"]["every_steps"] = 3
+    body["mesh"] = {"sampler_devices": 2}
+    path = tmp_path / "split.yaml"
+    path.write_text("# device split test config\n" + yaml.safe_dump(body))
+    return path
+
+
+def overlapping_steps(records: list[dict]) -> list[int]:
+    """Steps k whose update ran while the rollout of step k+1 ran (on the other group)."""
+    return [k for k in range(len(records) - 1)
+            if records[k + 1]["sampler_busy_from_unix"] < records[k]["trainer_busy_until_unix"]
+            and records[k]["trainer_busy_from_unix"] < records[k + 1]["sampler_busy_until_unix"]]
+
+
+def test_the_next_rollout_samples_on_the_sampler_group_while_the_update_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    done = train(split_config(tmp_path), tmp_path / "run")
+    assert done.returncode == 0, done.stdout[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rollout_params_version"] for r in records] == [0, 0, 1]
+    assert all(r["weights_reshard_seconds"] > 0 for r in records)  # each rollout's params came across
+    assert overlapping_steps(records), [{k: v for k, v in r.items() if "busy" in k} for r in records]
