@@ -1,12 +1,15 @@
 """The slice divided into a sampler group and a trainer group (mesh.sampler_devices).
 
-Every process gives its first sampler_devices / processes local devices to the sampler
-group and the rest to the trainer group, so on several hosts both groups span every
-host and a tp group of the generation layout (built host by host: grpo_core.layouts)
-never leaves one. The trainer group holds the params, the optimizer state and the
-reference; the sampler group holds one copy of the params in the generation layout,
-replaced after each update by a device-to-device reshard (`TrainSession.publish_params`).
-With no split both groups are all devices and the sampler copy is made per rollout.
+The first sampler_devices devices sample, the rest train. The trainer group holds the
+params, the optimizer state and the reference; the sampler group holds one copy of the
+params in the generation layout, replaced after each update by a device-to-device
+reshard (`TrainSession.publish_params`). With no split both groups are all devices and
+the sampler copy is made per rollout.
+
+A split needs a single process: the collectives by which several processes agree on
+cache hits and batch widths (tasks/multihost.py) run over every device of the slice, and
+with the groups running side by side they would meet the sampler's programs in a
+different order on each host.
 """
 from __future__ import annotations
 
@@ -21,19 +24,13 @@ def split_devices(sampler_devices: int, devices=None) -> tuple[list, list]:
     devices = list(jax.devices() if devices is None else devices)
     if not sampler_devices:
         return devices, devices
-    hosts: dict[int, list] = {}
-    for device in devices:
-        hosts.setdefault(device.process_index, []).append(device)
-    local = len(devices) // len(hosts)
-    per_host, left = divmod(sampler_devices, len(hosts))
-    if left or not 0 < per_host < local:
-        raise UserError(
-            f"mesh.sampler_devices={sampler_devices} must split the same number of devices off each of the "
-            f"{len(hosts)} hosts and leave the trainer some: use a multiple of {len(hosts)} below {len(devices)} "
-            "(or 0 for no split)")
-    sampler = [d for host in hosts.values() for d in host[:per_host]]
-    trainer = [d for host in hosts.values() for d in host[per_host:]]
-    return sampler, trainer
+    if len({d.process_index for d in devices}) > 1:
+        raise UserError(f"mesh.sampler_devices={sampler_devices} needs a single-process run; set it to 0 on "
+                        "several hosts")
+    if sampler_devices >= len(devices):
+        raise UserError(f"mesh.sampler_devices={sampler_devices} leaves none of the {len(devices)} devices to train; "
+                        f"use 1 to {len(devices) - 1}, or 0 for no split")
+    return devices[:sampler_devices], devices[sampler_devices:]
 
 
 def trainer_device_count(sampler_devices: int, device_count: int) -> int:

@@ -19,15 +19,15 @@ def test_no_split_gives_every_device_to_both_groups():
     assert sampler is trainer and sampler == devices
 
 
-def test_each_host_gives_its_first_devices_to_the_sampler():
-    sampler, trainer = split_devices(4, fake_devices(2, 4))
-    assert [d.id for d in sampler] == [0, 1, 4, 5] and [d.id for d in trainer] == [2, 3, 6, 7]
+def test_the_first_devices_sample_and_the_rest_train():
+    sampler, trainer = split_devices(3, fake_devices(1, 8))
+    assert [d.id for d in sampler] == [0, 1, 2] and [d.id for d in trainer] == [3, 4, 5, 6, 7]
 
 
-@pytest.mark.parametrize("n", [3, 8, 10])
-def test_a_split_that_is_uneven_over_hosts_or_leaves_no_trainer_is_refused(n):
-    with pytest.raises(UserError, match="mesh.sampler_devices"):
-        split_devices(n, fake_devices(2, 4))
+@pytest.mark.parametrize("n,hosts,match", [(4, 1, "leaves none"), (9, 1, "leaves none"), (2, 2, "single-process")])
+def test_a_split_without_trainer_devices_or_over_several_hosts_is_refused(n, hosts, match):
+    with pytest.raises(UserError, match=f"mesh.sampler_devices={n} .*{match}"):
+        split_devices(n, fake_devices(hosts, 4 // hosts))
 
 
 def test_the_group_thread_owns_its_programs_and_runs_calls_in_order():
