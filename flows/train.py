@@ -6,7 +6,12 @@ With rollout.max_staleness=1 the flow of step k also samples step k+1's rollout 
 step k's update, with the params that update starts from (version k), so the rollout of
 step k+1 is one step off-policy and step k+1's flow finds it cached:
 
-    rollout k --> rollout k+1 --> reward k --> advantage k --> update k
+    rollout k --> reward k --> advantage k --> rollout k+1 --> update k
+
+With mesh.sampler_devices the rollout of step k+1 is submitted (it runs in a Prefect
+worker thread, on the sampler's devices) and the update runs beside it; the flow waits
+for the rollout before eval and before the next step's params transfer; the update's
+checkpoint waits for it too.
 
 A checkpoint saved after update k therefore always has step k+1's rollout on disk, which
 is all a resume needs: nothing ever samples with params older than the session holds.
@@ -87,12 +92,13 @@ async def step_flow(run_id: str, step: int) -> dict:
     opts, digests = cache_options(session.run_dir), _phase_inputs(session)
     rolled = _rollout(session, step, digests, opts)
     session.note_rollout(rolled.stats)  # cached or not: the prompt width floor (rollout.prompt_width)
-    # On the params update `step` starts from; with a device split, on the sampler group
-    # while the update below runs on the trainer group.
-    ahead = _rollout(session, step + 1, digests, opts, overlap=True) if _samples_ahead(session, step) else None
     rewarded = phases.reward.with_options(**opts)(_input(session, step, "reward", digests, upstream=rolled))
     advantaged = phases.advantage.with_options(**opts)(_input(session, step, "advantage", digests, upstream=rewarded))
     update_input = _input(session, step, "update", digests, upstream=advantaged)
+    # On the params this update starts from; with a device split, on the sampler group
+    # while the update runs on the trainer group.
+    ahead = _rollout(session, step + 1, digests, opts, overlap=True) if _samples_ahead(session, step) else None
+    session.rollout_ahead = ahead if isinstance(ahead, PrefectFuture) else None  # its checkpoint waits for it
     # The params still need this update: run it even if cached. The same on every process,
     # since all restore the same checkpoint.
     replay = session.params_version <= step

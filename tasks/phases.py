@@ -138,6 +138,7 @@ def _write_json(phase_input: PhaseInput, session, stats: dict, started: float) -
     seconds = time.perf_counter() - started
     session.record_timing(phase_input.step, phase_input.phase, seconds)
     if phase_input.phase == "update" and session.should_checkpoint(phase_input.step):
+        session.wait_for_rollout_ahead()
         with compiles.in_phase("checkpoint"), watched_phase(phase_input.step, "checkpoint"):
             session.save_checkpoint(phase_input.step)  # its own timing; the write goes on in the background
     return _json_manifest(phase_input, session, rel, stats, seconds)

@@ -81,6 +81,7 @@ class TrainSession(RunPlan):
         # With a split: the sampler group's own dispatch thread and its copy of the params.
         self.sampler = GroupThread("grpo-sampler") if self.split else None
         self.sampler_params, self.sampler_params_version = None, None
+        self.rollout_ahead = None  # the future of the rollout sampling beside the update
         self.reshard_stats: dict[str, float] = {}
         self.params_version = 0
         # rollout.prompt_width "run_max": the widest prompt width of the steps seen so far, fed
@@ -193,6 +194,14 @@ class TrainSession(RunPlan):
         self.sampler_params_version = version
         self.reshard_stats = {"weights_reshard_seconds": time.perf_counter() - started,
                               "generation_weights_gib": bytes_per_device(self.sampler_params) / 2**30}
+
+    def wait_for_rollout_ahead(self) -> None:
+        """Wait for the rollout running beside this update (`rollout_ahead`, set by the flow),
+        raising what it raised: a checkpoint after update k must find step k+1's rollout on
+        disk, since it sampled with the params the checkpoint no longer holds."""
+        ahead, self.rollout_ahead = self.rollout_ahead, None
+        if ahead is not None:
+            ahead.result()
 
     def apply_update(self, batch_np: dict, step: int) -> dict[str, float]:
         """One train step on this process's rows; advances params_version. Returns float metrics."""
