@@ -1,13 +1,15 @@
 """A slice split into a sampler group and a trainer group (slow tier): `grpo train` on 4
 host devices, 2 sampling and 2 training, rollout.max_staleness=1. The rollout of step
 k+1 runs on the sampler group while the update of step k runs on the trainer group, as
-the timestamps each group's dispatch thread records show."""
+the timestamps each group's dispatch thread records show; a SIGKILL in that rollout
+resumes to the params of the uninterrupted run."""
 import json
+import signal
 
 import pytest
 import yaml
 
-from test_resume import train
+from test_resume import params_sha, train
 from train_helpers import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -17,7 +19,6 @@ def split_config(tmp_path):
     body = json.loads(json.dumps(TINY))
     body["train"].update(steps=3, ppo_epochs=2)  # an update long enough to overlap on a tiny model
     body["rollout"].update(max_staleness=1, batch_size=8, n=4, max_new_tokens=128)
-    body["checkpoint"]["every_steps"] = 3
     body["mesh"] = {"sampler_devices": 2}
     path = tmp_path / "split.yaml"
     path.write_text("# device split test config\n" + yaml.safe_dump(body))
@@ -39,3 +40,9 @@ def test_the_next_rollout_samples_on_the_sampler_group_while_the_update_trains(t
     assert [r["rollout_params_version"] for r in records] == [0, 0, 1]
     assert all(r["weights_reshard_seconds"] > 0 for r in records)  # each rollout's params came across
     assert overlapping_steps(records), [{k: v for k, v in r.items() if "busy" in k} for r in records]
+    # The rollout of step 2 dies beside update 1; the checkpoint after update 1 waits for it.
+    killed = train(split_config(tmp_path), tmp_path / "killed", fault="rollout:2:kill")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    resumed = train(split_config(tmp_path), tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert params_sha(tmp_path / "killed") == params_sha(tmp_path / "run")
