@@ -185,7 +185,8 @@ class TrainSession(RunPlan):
         if not self.split or self.sampler_params_version == self.params_version:
             return
         self.dispatch.check("params transfer")
-        self.sampler.run(self._receive_params, self.params, self.params_version)
+        # With LoRA the merge runs here, on the trainer's devices; only merged weights cross.
+        self.sampler.run(self._receive_params, self._policy_weights(), self.params_version)
 
     def _receive_params(self, params, version: int) -> None:
         self.sampler_params = None  # the old copy goes before the new one arrives
