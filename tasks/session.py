@@ -245,10 +245,7 @@ class TrainSession(RunPlan):
         if latest is None:
             return
         self.params, self.opt_state, meta = self.checkpoints.restore(latest, self.params, self.opt_state)
-        base_sha256 = self.base_sha256
-        if self.lora is not None and meta.get("base_dtype") not in (None, self._base_dtype()):
-            base_sha256 = base_fingerprint(self.ref_params, meta["base_dtype"])  # the run moved, e.g. CPU -> TPU
-        check_base(meta, base_sha256, self.cfg.model.name_or_path)
+        check_base(meta, self.base_sha256, self.cfg.model.name_or_path)
         self.stream.restore(meta["data"])
         self.params_version = int(meta["next_step"])
 
@@ -364,12 +361,13 @@ def lora_model_section(section, mesh):
     return section.model_copy(update={"dtype": base_dtype(section, mesh.devices.flat[0].platform)})
 
 
-def base_fingerprint(base: dict, dtype: str | None = None) -> str:
-    """sha256 of the frozen base weights (cast to `dtype` when given), recorded in every
-    LoRA checkpoint."""
+def base_fingerprint(base: dict) -> str:
+    """sha256 of the frozen base weights, recorded in every LoRA checkpoint. Taken over the
+    weights rounded to bfloat16, so a run that moves between a float32 base (CPU) and a
+    bfloat16 one (accelerators, model.lora.base_dtype auto) still recognises its base."""
     from flows.observe import params_sha256
 
-    return params_sha256(base if dtype is None else jax.tree.map(lambda x: x.astype(dtype), base))
+    return params_sha256(jax.tree.map(lambda x: x.astype(jnp.bfloat16), base))
 
 
 def check_base(meta: dict, base_sha256: str | None, name: str) -> None:
@@ -381,8 +379,8 @@ def check_base(meta: dict, base_sha256: str | None, name: str) -> None:
         raise UserError("the run directory's checkpoints hold LoRA adapters but model.lora is off; "
                         "resume with the run's own model.lora or use a new --run-dir")
     raise UserError(f"the run directory's checkpoints were trained on other base weights than model.name_or_path="
-                    f"{name!r} (base sha256 {str(saved)[:12]}, now {base_sha256[:12]}); resume with the run's own "
-                    "base model or use a new --run-dir")
+                    f"{name!r} (base sha256 {str(saved)[:12]}, now {base_sha256[:12]}); point model.name_or_path at "
+                    "the base the run trained on (or, to train anew, use a new --run-dir)")
 
 
 def _checkpoint_fault(label: int) -> None:
