@@ -1,6 +1,7 @@
 """Several JAX processes on one machine (slow tier): 2 processes x 2 CPU devices against
-1 process x 4 devices with the same global config; kill -9 of one process and restart of
-both; and the fail-fast check when only some of the required processes start.
+1 process x 4 devices with the same global config (full fine-tuning and LoRA); kill -9 of
+one process and restart of both; and the fail-fast check when only some of the required
+processes start.
 
 Tolerances: per-step rewards must be equal (the same global prompts are sampled with the
 same key; every reward is computed from the sampled text), loss within 1e-4 absolute.
@@ -132,3 +133,18 @@ def test_required_process_count_fails_fast_when_only_one_starts(tmp_path):
     assert "not all of the 2 JAX processes joined within 10 s" in log
     assert "Traceback" not in log
     assert elapsed < 60
+
+
+def test_lora_on_two_processes_matches_one_process(tmp_path):
+    """LoRA adapters train the same on 2 processes x 2 devices as on 1 process x 4 devices."""
+    config, lora = write_config(tmp_path), ("--set", "model.lora.rank=4", "--set", "model.lora.alpha=8")
+    assert launch(config, tmp_path / "one", devices=4, extra=lora).wait(timeout=1500) == 0
+    port = free_port()
+    procs = [launch(config, tmp_path / "two", 2, i, 2, port, lora) for i in range(2)]
+    assert wait_all(procs) == [0, 0], (tmp_path / "two-p0.log").read_text()[-3000:]
+    expected, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in got] == [0, 1]
+    for ours, ref in zip(got, expected):
+        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
+        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
+    assert any(abs(m["loss"]) > 0 for m in got), "the adapters must actually train"
