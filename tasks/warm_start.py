@@ -3,13 +3,14 @@
 Starting the server takes seconds on a small host, with the server's own process busy
 and this one waiting for its health check. `start` uses that time in a background
 thread: the run's session opens (model loaded, optimizer state built, newest checkpoint
-restored) and the sampler and update programs of the step the run starts with compile
-into the run's persistent compilation cache, so that step's rollout and update load them
-(a fraction of a second) instead of compiling them (many seconds even for the CPU
-quickstart). The flow then `take`s the open session. The programs compiled are the calls
-the step makes, lowered from the session's own objects (`lower_generate_call`,
-`Trainer.lower`); a program that differs would only be a cache miss (compiled again by
-the phase), never a different result.
+restored) and the sampler and update programs of the step the run starts with compile.
+JAX keeps a jitted function's compiled programs in memory for ahead-of-time and traced
+calls alike, so that step's rollout and update find them compiled instead of compiling
+them (many seconds even for the CPU quickstart); they also go to the run's persistent
+compilation cache where one is used (`grpo_core.compiles.persistent_cache_safe`). The
+flow then `take`s the open session. The programs compiled are the calls the step makes,
+lowered from the session's own objects (`lower_generate_call`, `Trainer.lower`); a
+program that differs would only be compiled again by the phase, never a different result.
 
 Multi-process runs open their session inside the flow as before: opening it runs
 collectives, which every process must enter in the same order.
