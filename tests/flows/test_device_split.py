@@ -7,22 +7,18 @@ import json
 import signal
 
 import pytest
-import yaml
 
 from test_resume import params_sha, train
-from train_helpers import TINY
+from train_helpers import write_tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def split_config(tmp_path):
-    body = json.loads(json.dumps(TINY))
-    body["train"].update(steps=3, ppo_epochs=2)  # an update long enough to overlap on a tiny model
-    body["rollout"].update(max_staleness=1, batch_size=8, n=4, max_new_tokens=128)
-    body["mesh"] = {"sampler_devices": 2}
-    path = tmp_path / "split.yaml"
-    path.write_text("# device split test config\n" + yaml.safe_dump(body))
-    return path
+    return write_tiny_config(tmp_path / "split.yaml", "device split test config",
+                             train={"steps": 3, "ppo_epochs": 2},  # an update long enough to overlap on a tiny model
+                             rollout={"max_staleness": 1, "batch_size": 8, "n": 4, "max_new_tokens": 128},
+                             mesh={"sampler_devices": 2})
 
 
 def overlapping_steps(records: list[dict]) -> list[int]:

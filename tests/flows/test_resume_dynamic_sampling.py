@@ -4,21 +4,16 @@ import json
 import signal
 
 import pytest
-import yaml
 
 from test_resume import artifact_shas, params_sha, train
-from train_helpers import TINY
+from train_helpers import write_tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def ds_config(tmp_path):
-    body = json.loads(json.dumps(TINY))
-    body["train"]["steps"] = 3
-    body["rollout"]["dynamic_sampling"] = {"enabled": True, "max_rounds": 3}
-    path = tmp_path / "ds.yaml"
-    path.write_text("# dynamic-sampling resume test config\n" + yaml.safe_dump(body))
-    return path
+    return write_tiny_config(tmp_path / "ds.yaml", "dynamic-sampling resume test config", train={"steps": 3},
+                             rollout={"dynamic_sampling": {"enabled": True, "max_rounds": 3}})
 
 
 def test_kill_after_a_dynamic_sampling_rollout_resumes_without_resampling(tmp_path):

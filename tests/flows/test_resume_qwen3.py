@@ -5,21 +5,16 @@ import json
 import signal
 
 import pytest
-import yaml
 
 from test_resume import artifact_shas, params_sha, train
-from train_helpers import TINY
+from train_helpers import write_tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def qwen3_config(tmp_path):
-    body = json.loads(json.dumps(TINY))
-    body["model"]["name_or_path"] = "tiny-qwen3"
-    body["train"]["steps"] = 3
-    path = tmp_path / "qwen3.yaml"
-    path.write_text("# tiny Qwen3 resume test config\n" + yaml.safe_dump(body))
-    return path
+    return write_tiny_config(tmp_path / "qwen3.yaml", "tiny Qwen3 resume test config",
+                             model={"name_or_path": "tiny-qwen3"}, train={"steps": 3})
 
 
 def _rewards(run_dir):

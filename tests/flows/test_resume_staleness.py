@@ -6,21 +6,16 @@ import json
 import signal
 
 import pytest
-import yaml
 
 from test_resume import artifact_shas, params_sha, train
-from train_helpers import TINY
+from train_helpers import write_tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def stale_config(tmp_path):
-    body = json.loads(json.dumps(TINY))
-    body["train"]["steps"] = 3
-    body["rollout"]["max_staleness"] = 1
-    path = tmp_path / "stale.yaml"
-    path.write_text("# one-step-stale resume test config\n" + yaml.safe_dump(body))
-    return path
+    return write_tiny_config(tmp_path / "stale.yaml", "one-step-stale resume test config",
+                             train={"steps": 3}, rollout={"max_staleness": 1})
 
 
 def test_sigkill_around_the_rollout_sampled_ahead_resumes_to_the_same_params(tmp_path):

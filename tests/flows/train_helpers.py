@@ -20,6 +20,20 @@ def tiny_config(*overrides: str):
     return build_run_config(copy.deepcopy(TINY), list(overrides))
 
 
+def write_tiny_config(path, comment: str, **sections):
+    """TINY with each given section's fields updated (a new section for one TINY lacks),
+    written as a YAML run config at `path` under a `# comment` line; returns the path."""
+    import copy
+
+    import yaml
+
+    body = copy.deepcopy(TINY)
+    for name, fields in sections.items():
+        body.setdefault(name, {}).update(fields)
+    path.write_text(f"# {comment}\n" + yaml.safe_dump(body))
+    return path
+
+
 def read_wandb_history(path) -> list[dict]:
     """History rows of an offline W&B run file (.wandb): a leveldb-style log of protobuf Records.
 
