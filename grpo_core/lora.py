@@ -56,26 +56,25 @@ def spec_from_config(section) -> LoraSpec | None:
     return LoraSpec(section.rank, float(section.alpha), float(section.dropout), tuple(section.targets))
 
 
-def adapter_shapes(cfg: ModelConfig, spec: LoraSpec) -> dict:
-    """{"layers": {target: {"a": (L, *in, r), "b": (L, r, *out)}}}."""
-    shapes = param_shapes(cfg)["layers"]
+def _factors(per_layer: dict, spec: LoraSpec, rank) -> dict:
+    """A and B entries from the target weights' entries (shapes or axis names), `rank` as
+    the rank dimension: A [layers, *in, rank], B [layers, rank, *out]."""
     out = {}
     for name in spec.targets:
-        L, *dims = shapes[name]
+        layers, *dims = per_layer[name]
         n_in = TARGETS[name]
-        out[name] = {"a": (L, *dims[:n_in], spec.rank), "b": (L, spec.rank, *dims[n_in:])}
+        out[name] = {"a": (layers, *dims[:n_in], rank), "b": (layers, rank, *dims[n_in:])}
     return {"layers": out}
+
+
+def adapter_shapes(cfg: ModelConfig, spec: LoraSpec) -> dict:
+    """{"layers": {target: {"a": (L, *in, r), "b": (L, r, *out)}}}."""
+    return _factors(param_shapes(cfg)["layers"], spec, spec.rank)
 
 
 def adapter_logical_axes(cfg: ModelConfig, spec: LoraSpec) -> dict:
     """Logical axis names of the adapters: A and B are split like their base weight's axes."""
-    names = param_logical_axes(cfg)["layers"]
-    out = {}
-    for name in spec.targets:
-        layers, *dims = names[name]
-        n_in = TARGETS[name]
-        out[name] = {"a": (layers, *dims[:n_in], RANK_AXIS), "b": (layers, RANK_AXIS, *dims[n_in:])}
-    return {"layers": out}
+    return _factors(param_logical_axes(cfg)["layers"], spec, RANK_AXIS)
 
 
 def init_adapters(cfg: ModelConfig, spec: LoraSpec, key: jax.Array) -> dict:
