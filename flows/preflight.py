@@ -19,6 +19,7 @@ from grpo_core.memory import MemoryEstimate, Workload, estimate_memory, sampler_
 from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
 from schemas.run import DerivedBatch, RunConfig
+from tasks.device_groups import derive_trainer_batch
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 # Pullable chat models -> the preset holding their architecture.
@@ -35,6 +36,8 @@ class PreflightReport:
     workload: Workload
     estimate: MemoryEstimate
     suggestions: list[tuple[list[str], MemoryEstimate]]
+    sampler_workload: Workload | None = None  # a split's sampler group (None: the samplers share `workload`'s chips)
+    best_split: str | None = None  # the best-split line for rollout.max_staleness=1 configs
 
     @property
     def capacity_bytes(self) -> int:
@@ -43,6 +46,18 @@ class PreflightReport:
     @property
     def fits(self) -> bool:
         return self.estimate.peak_bytes <= self.capacity_bytes
+
+    @property
+    def sampler(self) -> Workload:
+        """The workload the sampler programs see (rollout, eval)."""
+        return self.sampler_workload or self.workload
+
+    def phase_devices(self, phase: str) -> str:
+        """Which devices run `phase`: "sampler N" / "trainer N" with a split, "all N" without."""
+        if self.sampler_workload is None:
+            return f"all {self.accelerator.chips}"
+        sampler = self.config.mesh.sampler_devices
+        return f"trainer {self.accelerator.chips - sampler}" if phase == "update" else f"sampler {sampler}"
 
     @property
     def culprit(self) -> tuple[str, str]:
@@ -127,16 +142,67 @@ def weights_layout(cfg: RunConfig, workload: Workload, capacity_bytes: int | Non
                                                                        rates=rates)
 
 
+def build_group_workloads(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, Workload | None, DerivedBatch]:
+    """(trainer workload, sampler group's workload or None without a split, derived batch).
+
+    With mesh.sampler_devices = S the run (tasks/session.py) trains on the other chips
+    (mesh.shape describes them, the batch is divided over them), and samples on the first
+    S with the params resharded onto fsdp over S in the weights layout the run resolves on
+    the trainer's chips."""
+    sampler_chips = cfg.mesh.sampler_devices
+    derived = derive_trainer_batch(cfg, accelerator.hosts, accelerator.chips)  # the split's refusals
+    if not sampler_chips:
+        return build_workload(cfg, accelerator)[0], None, derived
+    trainer, _ = build_workload(cfg, dataclasses.replace(accelerator, chips=accelerator.chips - sampler_chips))
+    sampler = dataclasses.replace(trainer, mesh=(("dp", 1), ("fsdp", sampler_chips), ("tp", 1)),
+                                  generation_mesh=None, sampler_group=True)
+    sampler = with_weights_layout(sampler, trainer.weights_layout, sampler_chips)
+    return dataclasses.replace(trainer, generation_mesh=None), sampler, derived
+
+
+def estimate_groups(cfg: RunConfig, accelerator: Accelerator):
+    """(trainer workload, sampler workload or None, derived, estimate): the sampler phases
+    (prefill, decode, eval) on the sampler's chips, the update on the trainer's."""
+    workload, sampler, derived = build_group_workloads(cfg, accelerator)
+    estimate = estimate_memory(workload)
+    if sampler is not None:
+        estimate.phases.update({k: v for k, v in estimate_memory(sampler).phases.items() if k != "update"})
+    if cfg.eval.every_steps:
+        eval_load = dataclasses.replace(sampler or workload, prompts=cfg.eval.num_prompts, group_size=1,
+                                        new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
+        phases = {k: v for k, v in estimate_memory(eval_load).phases.items() if k != "update"}
+        estimate.phases["eval"] = max(phases.values(), key=lambda parts: sum(parts.values()))
+    return workload, sampler, derived, estimate
+
+
 def estimate_config(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload, DerivedBatch, MemoryEstimate]:
     """Rollout and update (and greedy eval when enabled) bytes per device for `cfg`."""
-    workload, derived = build_workload(cfg, accelerator)
-    estimate = estimate_memory(workload)
-    if cfg.eval.every_steps:
-        eval_load = dataclasses.replace(workload, prompts=cfg.eval.num_prompts, group_size=1,
-                                        new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
-        sampler = {k: v for k, v in estimate_memory(eval_load).phases.items() if k != "update"}
-        estimate.phases["eval"] = max(sampler.values(), key=lambda parts: sum(parts.values()))
+    workload, _, derived, estimate = estimate_groups(cfg, accelerator)
     return workload, derived, estimate
+
+
+def best_split(cfg: RunConfig, accelerator: Accelerator) -> str:
+    """The mesh.sampler_devices to use for `cfg` on `accelerator`, as one line: of the splits
+    whose two groups both fit, the one whose fuller group keeps the most headroom. Chosen by
+    memory: no step-time model of the two groups backs the choice."""
+    acc = accelerator
+    if acc.hosts > 1:
+        return f"best split on {acc.name}: none; a split needs a single-process run and {acc.name} has {acc.hosts} hosts"
+    best = None
+    for chips in range(1, acc.chips):
+        try:
+            estimate = estimate_config(with_overrides(cfg, [f"mesh.sampler_devices={chips}"]), acc)[2]
+        except (UserError, ValueError):
+            continue  # e.g. the batch does not divide over the trainer's chips
+        headroom = acc.capacity_bytes - estimate.peak_bytes
+        if headroom >= 0 and (best is None or headroom > best[1]):
+            best = chips, headroom
+    if best is None:
+        return f"best split on {acc.name}: none; no mesh.sampler_devices from 1 to {acc.chips - 1} fits both groups"
+    chips, headroom = best
+    return (f"best split on {acc.name}: mesh.sampler_devices={chips} (sampler {chips} chips, trainer "
+            f"{acc.chips - chips}); chosen by memory, not by time: of the splits where both groups fit, the one "
+            f"whose fuller group keeps the most headroom ({headroom / GIB:.2f} GiB per device)")
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -199,10 +265,11 @@ def suggest_fixes(cfg: RunConfig, accelerator: Accelerator, derived: DerivedBatc
 def run_preflight(cfg: RunConfig, accelerator: str) -> PreflightReport:
     """Estimate `cfg` on `accelerator` (a name from grpo_core.memory.ACCELERATORS)."""
     acc = get_accelerator(accelerator)
-    workload, derived, estimate = estimate_config(cfg, acc)
+    workload, sampler, derived, estimate = estimate_groups(cfg, acc)
     fits = estimate.peak_bytes <= acc.capacity_bytes
     suggestions = [] if fits else suggest_fixes(cfg, acc, derived)
-    return PreflightReport(cfg, acc, derived, workload, estimate, suggestions)
+    split = best_split(cfg, acc) if cfg.rollout.max_staleness >= 1 else None
+    return PreflightReport(cfg, acc, derived, workload, estimate, suggestions, sampler, split)
 
 
 def _gib(value: int) -> str:
@@ -214,11 +281,15 @@ def format_report(report: PreflightReport) -> str:
     est, acc, d, w = report.estimate, report.accelerator, report.derived, report.workload
     phases = list(est.phases)
     components = list(dict.fromkeys(c for p in phases for c in est.phases[p]))
-    mesh = " ".join(f"{k}={v}" for k, v in w.mesh)
-    layout = w.weights_layout
-    if w.generation_mesh is not None:
-        layout += " (sampler mesh " + " ".join(f"{k}={v}" for k, v in w.generation_mesh) + ")"
-    sampler = sampler_view(w)
+    mesh = _axes(w.mesh)
+    g = report.sampler
+    layout = g.weights_layout
+    if g.generation_mesh is not None:
+        layout += f" (sampler mesh {_axes(g.generation_mesh)})"
+    if report.sampler_workload is not None:
+        mesh = (f"{report.phase_devices('update')} chips, mesh {mesh}; {report.phase_devices('rollout')} chips, "
+                f"mesh {_axes(g.mesh)}")
+    sampler = sampler_view(g)
     lines = [
         f"preflight: {report.config.model.name_or_path} on {acc.name} ({acc.chips} chips x {acc.hbm_gib:g} GiB, "
         f"{acc.hosts} host(s)); mesh {mesh}; rollout weights {layout}",
@@ -228,6 +299,8 @@ def format_report(report: PreflightReport) -> str:
         f"{report.config.model.dtype}, remat {'on' if w.remat else 'off'}, {w.optimizer}",
         f"{'GiB per device':24s}" + "".join(f"{p:>10s}" for p in phases),
     ]
+    if report.sampler_workload is not None:
+        lines.append(f"{'runs on (chips)':24s}" + "".join(f"{report.phase_devices(p):>10s}" for p in phases))
     for c in components:
         lines.append(f"{c:24s}" + "".join(f"  {_gib(est.phases[p].get(c, 0))}" for p in phases))
     rows = [(f"total (+{est.overhead:.0%} overhead)", [est.total(p) for p in phases]),
@@ -237,7 +310,11 @@ def format_report(report: PreflightReport) -> str:
     lines.append(_verdict(report))
     lines += [f"  fits with: --set {' --set '.join(o)}  (peak {e.peak_bytes / GIB:.2f} GiB)"
               for o, e in report.suggestions]
-    return "\n".join(lines)
+    return "\n".join(lines + ([report.best_split] if report.best_split else []))
+
+
+def _axes(mesh) -> str:
+    return " ".join(f"{k}={v}" for k, v in mesh)
 
 
 def _verdict(report: PreflightReport) -> str:

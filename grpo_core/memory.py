@@ -129,6 +129,9 @@ class Workload:
     generation_mesh: tuple[tuple[str, int], ...] | None = None
     lora_rank: int = 0  # > 0: the adapters train on a frozen base (assumption 11)
     lora_targets: tuple[str, ...] = ()
+    # A split's sampler group (mesh.sampler_devices): the sampler's devices hold only its copy
+    # of the (merged) params, no training state; `mesh` is then the sampler group's mesh.
+    sampler_group: bool = False
 
     @property
     def mesh_sizes(self) -> dict[str, int]:
@@ -299,8 +302,11 @@ def sampler_view(w: Workload) -> Workload:
 
 
 def _rollout_base(w: Workload) -> dict[str, int]:
-    parts = _resident(w)
     g = sampler_view(w)
+    if w.sampler_group:
+        parts = {} if g is not w else {"params": param_bytes_per_device(w, w.param_bytes)}
+    else:
+        parts = _resident(w)
     if g is not w:
         # The resharded copy lives beside the training params (which stay resident). Its
         # mesh has fsdp = 1: the decode loop gathers no weights (tp splits them instead).
@@ -312,7 +318,7 @@ def _rollout_base(w: Workload) -> dict[str, int]:
                                               + m.vocab_size * m.hidden_size * 4) // g.tp
     else:
         parts["gathered weights"] = _gathered_weights(w, layers=1)
-        if w.lora_rank:
+        if w.lora_rank and not w.sampler_group:
             parts["merged weights"] = _target_bytes_per_device(w)
     seqs = g.sampler_prompts_per_device * w.group_size
     parts["kv cache"] = _kv_cache(g, seqs, w.prompt_slots + w.new_tokens)

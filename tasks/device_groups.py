@@ -13,26 +13,42 @@ different order on each host.
 """
 from __future__ import annotations
 
-import jax
-
 from grpo_core.errors import UserError
 
 
 def split_devices(sampler_devices: int, devices=None) -> tuple[list, list]:
     """(sampler devices, trainer devices) of `devices` (default: all); the same list twice
     when sampler_devices is 0 (no split)."""
+    import jax
+
     devices = list(jax.devices() if devices is None else devices)
     if not sampler_devices:
         return devices, devices
-    if len({d.process_index for d in devices}) > 1:
+    check_split(sampler_devices, len(devices), len({d.process_index for d in devices}))
+    return devices[:sampler_devices], devices[sampler_devices:]
+
+
+def check_split(sampler_devices: int, device_count: int, num_processes: int = 1) -> None:
+    """A UserError when a split of `device_count` devices over `num_processes` processes
+    cannot be made (a run of several processes, or no device left to train)."""
+    if not sampler_devices:
+        return
+    if num_processes > 1:
         raise UserError(f"mesh.sampler_devices={sampler_devices} needs a single-process run; set it to 0 on "
                         "several hosts")
-    if sampler_devices >= len(devices):
-        raise UserError(f"mesh.sampler_devices={sampler_devices} leaves none of the {len(devices)} devices to train; "
-                        f"use 1 to {len(devices) - 1}, or 0 for no split")
-    return devices[:sampler_devices], devices[sampler_devices:]
+    if sampler_devices >= device_count:
+        raise UserError(f"mesh.sampler_devices={sampler_devices} leaves none of the {device_count} devices to train; "
+                        f"use 1 to {device_count - 1}, or 0 for no split")
 
 
 def trainer_device_count(sampler_devices: int, device_count: int) -> int:
     """Devices the trainer group has (the batch is divided over them)."""
     return device_count - sampler_devices
+
+
+def derive_trainer_batch(cfg, num_processes: int, device_count: int):
+    """The run's DerivedBatch on `device_count` devices: the batch is divided over the
+    trainer group's devices (all of them with no split). What `grpo train`, `grpo
+    print-config --devices` and `grpo preflight` derive."""
+    check_split(cfg.mesh.sampler_devices, device_count, num_processes)
+    return cfg.derive(num_processes, trainer_device_count(cfg.mesh.sampler_devices, device_count))

@@ -19,7 +19,7 @@ from grpo_core.errors import UserError
 from grpo_core.optim import build_lr_schedule
 from schemas.loading import read_yaml
 from schemas.run import RunConfig
-from tasks.device_groups import trainer_device_count
+from tasks.device_groups import derive_trainer_batch
 from tasks.model_source import check_model_source
 
 RUN_ID_FILE = "run_id"
@@ -154,7 +154,7 @@ class RunPlan:
     def __init__(self, cfg: RunConfig, run_dir: Path):
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, run_id_of(run_dir)
         self.num_processes, self.process_index = jax.process_count(), jax.process_index()
-        self.derived = cfg.derive(self.num_processes, trainer_device_count(cfg.mesh.sampler_devices, jax.device_count()))
+        self.derived = derive_trainer_batch(cfg, self.num_processes, jax.device_count())
         self.stream = make_prompt_stream(cfg.data)
         self._update_lrs = update_lrs(cfg.train, cfg.train.steps)
 

@@ -10,6 +10,7 @@ def _device_count() -> tuple[int, int]:
 
 def print_config(args: argparse.Namespace) -> int:
     from schemas import config_to_yaml, load_run_config
+    from tasks.device_groups import derive_trainer_batch
 
     cfg = load_run_config(args.config, args.overrides)
     processes, devices = args.processes, args.devices
@@ -17,7 +18,7 @@ def print_config(args: argparse.Namespace) -> int:
         here_processes, here_devices = _device_count()
         processes = processes or cfg.mesh.num_processes or here_processes
         devices = devices or here_devices
-    print(config_to_yaml(cfg, cfg.derive(processes, devices)), end="")
+    print(config_to_yaml(cfg, derive_trainer_batch(cfg, processes, devices)), end="")  # as `grpo train` derives it
     return 0
 
 
@@ -27,5 +28,6 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("print-config", help="print the resolved config with the derived batch block")
     add_config_arguments(parser)
     parser.add_argument("--processes", type=positive_int, help="derive for this many JAX processes (default: this machine)")
-    parser.add_argument("--devices", type=positive_int, help="derive for this many devices in all (default: this machine)")
+    parser.add_argument("--devices", type=positive_int, help="derive for this many devices in all, the batch over the trainer's "
+                        "(all but mesh.sampler_devices; default: this machine)")
     parser.set_defaults(handler=print_config)
