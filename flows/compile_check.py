@@ -5,7 +5,10 @@ the run's mesh, abstract params and optimizer state in the config's dtype, the d
 per-process batch at its worst-case shapes) and compiles the programs the run executes:
 the rollout sampler, the update, and the greedy eval sampler when eval is on. Multi-host
 slices compile from this one process: the topology holds every host's devices, and the
-batch is the global one each host's process feeds its share of.
+batch is the global one each host's process feeds its share of. With mesh.sampler_devices
+= S (one host) each group's programs compile for its own part of the slice's topology, as
+the run builds its meshes: the samplers for the first S chips, the update for the rest,
+with the batch divided over the trainer's chips.
 
 Everything runs on the CPU host: libtpu is told not to look for TPU hardware
 (TPU_SKIP_MDS_QUERY) and JAX's own backend is the CPU. XLA's answers are kept per lowered
@@ -102,25 +105,22 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
     use_compile_only_tpu()
     import jax.numpy as jnp
 
-    from flows.preflight import base_dtype, build_workload, resolve_model_config
+    from flows.preflight import base_dtype, resolve_model_config
     from grpo_core import aot
-    from grpo_core.layouts import generation_mesh
     from grpo_core.models.model import Model
     from grpo_core.phases import update_width
     from grpo_core.sampling import lower_generate
-    from grpo_core.sharding import make_mesh
-    from tasks.session import mesh_shape
+    from tasks.device_groups import derive_trainer_batch
 
-    devices = slice_devices(acc)
-    derived = cfg.derive(acc.hosts, acc.chips)
-    mesh = make_mesh(mesh_shape(cfg, acc.hosts, acc.chips // acc.hosts), devices)
+    derived = derive_trainer_batch(cfg, acc.hosts, acc.chips)  # a split's refusals before libtpu starts
     model_cfg = resolve_model_config(cfg.model.name_or_path)
+    mesh, gen_mesh = group_meshes(cfg, acc, slice_devices(acc), model_cfg)
     dtype = jnp.dtype(base_dtype(cfg.model, acc.kind))
     params, ref, resident, trainer, opt_state = _update_state(cfg, model_cfg, mesh, dtype, derived.grad_accum_steps)
-    # The samplers run on the generation layout's mesh, with the training params resident beside them.
-    gen_mesh = generation_mesh(mesh, build_workload(cfg, acc)[0].weights_layout, model_cfg, acc.chips // acc.hosts)
     lora = lora_lib.spec_from_config(cfg.model.lora)
-    if lora is not None:  # the sampler's weights are the merge: targets copied, the rest the base's own
+    if cfg.mesh.sampler_devices:  # the sampler group holds its copy of the params (the programs' argument) alone
+        resident = 0
+    elif lora is not None:  # the sampler's weights are the merge: targets copied, the rest the base's own
         base = aot.resident_bytes(ref)
         resident += base if gen_mesh is not mesh else base - aot.resident_bytes(
             {name: ref["layers"][name] for name in lora.targets})
@@ -148,6 +148,27 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
         results[phase] = aot.compile_phase(phase, programs[phase], 0 if phase == "update" else resident, store)
         log(f"{phase}: {results[phase].seconds:.1f} s{' (known program: figures from the cache)' if results[phase].cached else ''}")
     return results
+
+
+def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
+    """(the update's mesh, the samplers' generation mesh) over the slice's `devices`, as
+    tasks/session.py builds them: with mesh.sampler_devices = S the update's mesh is the
+    chips after the first S, the samplers' the first S (fsdp over them, then the run's
+    weights layout), each program compiled for its own group's part of the slice; without
+    a split both are every chip, the samplers' in the generation layout."""
+    from flows.preflight import build_group_workloads
+    from grpo_core.layouts import generation_mesh
+    from grpo_core.sharding import make_mesh
+    from tasks.device_groups import split_devices
+    from tasks.session import auto_mesh_shape, mesh_shape
+
+    layout = build_group_workloads(cfg, acc)[1 if cfg.mesh.sampler_devices else 0].weights_layout
+    sampler_devices, trainer_devices = split_devices(cfg.mesh.sampler_devices, devices)
+    mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(trainer_devices) // acc.hosts), trainer_devices)
+    if not cfg.mesh.sampler_devices:
+        return mesh, generation_mesh(mesh, layout, model_cfg, acc.chips // acc.hosts)
+    sampler_mesh = make_mesh(auto_mesh_shape(1, len(sampler_devices)), sampler_devices)
+    return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler_devices))
 
 
 def _update_state(cfg: RunConfig, model_cfg, mesh, dtype, grad_accum_steps: int):
@@ -204,8 +225,11 @@ def summary(report, compiled: dict | None) -> dict:
         if result is not None and result.error:
             phases[phase]["xla_error"] = result.error.strip().splitlines()[0][:500]
     fits = report.fits if compiled is None else not does_not_fit(compiled, report.capacity_bytes)
+    for phase in phases:
+        phases[phase]["devices"] = report.phase_devices(phase)
     return {"verdict": "fits" if fits else "does_not_fit", "source": "estimate" if compiled is None else "xla",
-            "accelerator": report.accelerator.name, "weights_layout": report.workload.weights_layout, "phases": phases}
+            "accelerator": report.accelerator.name, "weights_layout": report.sampler.weights_layout,
+            "sampler_devices": report.config.mesh.sampler_devices, "phases": phases}
 
 
 def does_not_fit(compiled: dict, capacity: int) -> list[str]:
@@ -239,6 +263,9 @@ def format_compiled(report, compiled: dict) -> str:
         else:
             row += f"  {'out of memory' if result.oom else 'compile error'}".ljust(43)
         lines.append(row + f"{seconds:>16s}")
+    if report.sampler_workload is not None:
+        lines.append(f"compiled per group: rollout and eval for the {report.phase_devices('rollout')} chips, "
+                     f"update for the {report.phase_devices('update')} chips of {report.accelerator.name}")
     return "\n".join(lines)
 
 

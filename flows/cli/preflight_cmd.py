@@ -3,6 +3,10 @@
 Without --compile the answer is the analytic estimate (grpo_core.memory, calibrated
 against XLA). With --compile it is XLA's own: the run's programs compiled for the TPU
 slice on this host (flows/compile_check.py; needs libtpu, the `tpu` extra).
+
+With mesh.sampler_devices both answers are per device group: the samplers (rollout, eval)
+on the sampler's chips, the update on the trainer's. For rollout.max_staleness=1 configs
+the report ends with the best split for the slice (flows.preflight.best_split).
 """
 import argparse
 import json
@@ -22,9 +26,9 @@ def preflight(args: argparse.Namespace) -> int:
         raise UserError("--compile compiles for a TPU slice; name it with --tpu (e.g. --tpu v6e-8)")
     if args.phases and not args.compile:
         raise UserError("--phases chooses what --compile compiles; add --compile or drop --phases")
+    report = run_preflight(cfg, args.tpu or args.gpu)  # a split the slice cannot hold is refused first
     if args.compile:
         compile_check.require_libtpu()
-    report = run_preflight(cfg, args.tpu or args.gpu)
     print(format_report(report))
     compiled = None
     if args.compile:

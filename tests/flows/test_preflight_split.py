@@ -1,0 +1,131 @@
+"""`grpo preflight` and `grpo print-config` on a split slice (mesh.sampler_devices): each
+group's phases on its own chips, the batch as `grpo train` divides it, the refusals, and
+the best split for rollout.max_staleness=1 configs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from flows.preflight import estimate_config, run_preflight, with_overrides
+from grpo_core.accelerators import get_accelerator
+from grpo_core.errors import UserError
+from schemas import load_run_config
+from tasks.device_groups import derive_trainer_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG_3B = str(ROOT / "configs" / "grpo_gsm8k_qwen25_3b_bs128_steps100.yaml")  # 16 prompts x n=8
+
+
+def grpo(*args):
+    return subprocess.run([sys.executable, "-m", "flows.cli.main", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def _row(out: str, name: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.startswith(name))
+    body = line[24:]
+    return [body[i:i + 10].strip() for i in range(0, len(body), 10)]
+
+
+def test_split_estimates_each_group_on_its_own_chips(tmp_path):
+    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-8", "--set", "mesh.sampler_devices=4",
+               "--json", str(tmp_path / "pf.json"))
+    assert out.returncode == 0, out.stderr
+    phases = _row(out.stdout, "GiB per device")
+    assert phases == ["prefill", "decode", "update", "eval"]
+    assert _row(out.stdout, "runs on (chips)") == ["sampler 4", "sampler 4", "trainer 4", "sampler 4"]
+    # The update divides the 128 sequences over the trainer's 4 chips, not all 8.
+    assert "update 32 sequences" in out.stdout
+    doc = json.loads((tmp_path / "pf.json").read_text())
+    assert doc["sampler_devices"] == 4
+    assert {p: v["devices"] for p, v in doc["phases"].items()} == {
+        "rollout": "sampler 4", "update": "trainer 4", "eval": "sampler 4"}
+
+    cfg = load_run_config(CFG_3B, ["mesh.sampler_devices=4"])
+    split = run_preflight(cfg, "v6e-8")
+    # The trainer group's update is the update of the same config on a 4-chip slice.
+    alone = run_preflight(load_run_config(CFG_3B), "v6e-4")
+    assert split.estimate.phases["update"] == alone.estimate.phases["update"]
+    # The sampler group holds its copy of the params and no training state.
+    for phase in ("prefill", "decode", "eval"):
+        assert not {"optimizer state", "reference params"} & set(split.estimate.phases[phase])
+    assert split.estimate.total("decode") < alone.estimate.total("decode")
+    assert dict(split.sampler.mesh) == {"dp": 1, "fsdp": 4, "tp": 1}
+
+
+def test_print_config_derives_the_batch_over_the_trainers_devices():
+    out = grpo("print-config", "--config", CFG_3B, "--devices", "8", "--processes", "1",
+               "--set", "mesh.sampler_devices=4")
+    assert out.returncode == 0, out.stderr
+    derived = yaml.safe_load(out.stdout)["derived"]
+    cfg = load_run_config(CFG_3B, ["mesh.sampler_devices=4"])
+    expected = derive_trainer_batch(cfg, 1, 8)  # what tasks.run_dir.RunPlan (grpo train) derives
+    assert derived["num_devices"] == expected.num_devices == 4
+    assert derived["sequences_per_device"] == expected.sequences_per_device == 32
+    assert (derived["micro_batch_size"], derived["grad_accum_steps"]) == (
+        expected.micro_batch_size, expected.grad_accum_steps)
+    whole = yaml.safe_load(grpo("print-config", "--config", CFG_3B, "--devices", "8", "--processes", "1").stdout)
+    assert whole["derived"]["sequences_per_device"] == 16
+
+
+def test_trainsession_batch_is_the_same_function(tmp_path):
+    from tasks.run_dir import RunPlan
+
+    cfg = load_run_config(str(ROOT / "configs" / "quickstart_cpu.yaml"), ["mesh.sampler_devices=4"])
+    assert RunPlan(cfg, tmp_path).derived == derive_trainer_batch(cfg, 1, 8)  # 8 host devices (tests/conftest.py)
+    assert RunPlan(cfg, tmp_path).derived.num_devices == 4
+
+
+def test_a_split_leaving_no_trainer_is_one_sentence_exit_2():
+    sentence = "mesh.sampler_devices=8 leaves none of the 8 devices to train; use 1 to 7, or 0 for no split"
+    for extra in ((), ("--compile",)):
+        out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-8", "--set", "mesh.sampler_devices=8", *extra)
+        assert out.returncode == 2 and sentence in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1 and out.stdout == ""
+    out = grpo("print-config", "--config", CFG_3B, "--devices", "8", "--set", "mesh.sampler_devices=9")
+    assert out.returncode == 2 and "mesh.sampler_devices=9 leaves none of the 8 devices" in out.stderr
+    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "mesh.sampler_devices=4")
+    assert out.returncode == 2 and "needs a single-process run" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_best_split_is_named_by_memory_for_staleness_1():
+    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-8", "--set", "rollout.max_staleness=1")
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.splitlines()[-1]
+    assert line.startswith("best split on v6e-8: mesh.sampler_devices=") and "chosen by memory, not by time" in line
+    chosen = int(line.split("mesh.sampler_devices=")[1].split()[0])
+    # Recomputed: of the splits whose groups both fit, the chosen one keeps the most headroom.
+    cfg, acc = load_run_config(CFG_3B, ["rollout.max_staleness=1"]), get_accelerator("v6e-8")
+    headroom = {}
+    for n in range(1, 8):
+        try:
+            headroom[n] = acc.capacity_bytes - estimate_config(with_overrides(cfg, [f"mesh.sampler_devices={n}"]),
+                                                               acc)[2].peak_bytes
+        except UserError:  # the batch does not divide over 8 - n trainer chips
+            continue
+    assert chosen in headroom and headroom[chosen] >= 0
+    assert headroom[chosen] == max(h for h in headroom.values() if h >= 0)
+    assert sorted(headroom) == [4, 6, 7]  # 128 sequences divide over 4, 2 and 1 trainer chips
+
+    assert "best split" not in grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-8").stdout
+    multi = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "rollout.max_staleness=1")
+    assert "best split on v6e-16: none; a split needs a single-process run" in multi.stdout
+
+
+def test_compile_check_builds_each_groups_mesh_on_its_own_part_of_the_slice():
+    # What `grpo preflight --compile` lowers each program on, over 8 host devices standing in
+    # for v6e-8's topology (compiling needs libtpu).
+    import jax
+
+    from flows.compile_check import group_meshes
+    from flows.preflight import resolve_model_config
+
+    devices, acc = jax.devices(), get_accelerator("v6e-8")
+    cfg = load_run_config(CFG_3B, ["mesh.sampler_devices=4"])
+    mesh, gen = group_meshes(cfg, acc, devices, resolve_model_config(cfg.model.name_or_path))
+    assert list(mesh.devices.flat) == devices[4:] and dict(mesh.shape) == {"dp": 1, "fsdp": 4, "tp": 1}
+    assert set(gen.devices.flat) == set(devices[:4])
+    assert dict(gen.shape) == dict(run_preflight(cfg, "v6e-8").sampler.generation_mesh)
+    whole, _ = group_meshes(load_run_config(CFG_3B), acc, devices, resolve_model_config(cfg.model.name_or_path))
+    assert whole.devices.size == 8
