@@ -308,8 +308,9 @@ def _rollout_base(w: Workload) -> dict[str, int]:
     else:
         parts = _resident(w)
     if g is not w:
-        # The resharded copy lives beside the training params (which stay resident). Its
-        # mesh has fsdp = 1: the decode loop gathers no weights (tp splits them instead).
+        # The resharded copy lives beside the training state (resident unless this is a
+        # split's sampler group). Its mesh has fsdp = 1: the decode loop gathers no weights
+        # (tp splits them instead).
         parts["generation weights"] = param_bytes_per_device(g, w.param_bytes)
         parts["gathered weights"] = 0
         if w.tpu and w.param_bytes == 4:  # assumption 10: bf16 layer copies + the [V, D] relayout
