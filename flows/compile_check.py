@@ -162,12 +162,20 @@ def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
     from tasks.device_groups import split_devices
     from tasks.session import auto_mesh_shape, mesh_shape
 
-    layout = build_group_workloads(cfg, acc)[1 if cfg.mesh.sampler_devices else 0].weights_layout
-    sampler_devices, trainer_devices = split_devices(cfg.mesh.sampler_devices, devices)
-    mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(trainer_devices) // acc.hosts), trainer_devices)
-    if not cfg.mesh.sampler_devices:
+    split = cfg.mesh.sampler_devices
+    layout = build_group_workloads(cfg, acc)[1 if split else 0].weights_layout
+    sampler_devices, trainer_devices = split_devices(split, devices)
+    if not split:
+        mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(trainer_devices) // acc.hosts), trainer_devices)
         return mesh, generation_mesh(mesh, layout, model_cfg, acc.chips // acc.hosts)
-    sampler_mesh = make_mesh(auto_mesh_shape(1, len(sampler_devices)), sampler_devices)
+    try:  # a topology-aware mesh needs its chips to form a block of the slice's grid
+        mesh = make_mesh(mesh_shape(cfg, 1, len(trainer_devices)), trainer_devices)
+        sampler_mesh = make_mesh(auto_mesh_shape(1, len(sampler_devices)), sampler_devices)
+    except AssertionError:
+        raise UserError(f"mesh.sampler_devices={split}: the first {split} chips of {acc.name} ({acc.topology}) and "
+                        f"the other {len(trainer_devices)} do not both form a block of its chip grid, so no mesh "
+                        "can be built on them; choose a split whose two groups are blocks (e.g. half the chips)"
+                        ) from None
     return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler_devices))
 
 

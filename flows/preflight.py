@@ -183,13 +183,13 @@ def estimate_config(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload,
 
 def best_split(cfg: RunConfig, accelerator: Accelerator) -> str:
     """The mesh.sampler_devices to use for `cfg` on `accelerator`, as one line: of the splits
-    whose two groups both fit, the one whose fuller group keeps the most headroom. Chosen by
-    memory: no step-time model of the two groups backs the choice."""
+    whose groups are whole rows of a TPU grid and both fit, the one whose fuller group keeps
+    the most headroom. Chosen by memory: no step-time model of the two groups backs it."""
     acc = accelerator
     if acc.hosts > 1:
         return f"best split on {acc.name}: none; a split needs a single-process run and {acc.name} has {acc.hosts} hosts"
-    best = None
-    for chips in range(1, acc.chips):
+    best, step = None, _grid_row(acc)
+    for chips in range(step, acc.chips, step):
         try:
             estimate = estimate_config(with_overrides(cfg, [f"mesh.sampler_devices={chips}"]), acc)[2]
         except (UserError, ValueError):
@@ -198,7 +198,8 @@ def best_split(cfg: RunConfig, accelerator: Accelerator) -> str:
         if headroom >= 0 and (best is None or headroom > best[1]):
             best = chips, headroom
     if best is None:
-        return f"best split on {acc.name}: none; no mesh.sampler_devices from 1 to {acc.chips - 1} fits both groups"
+        return (f"best split on {acc.name}: none; no mesh.sampler_devices from {step} to {acc.chips - step} "
+                f"(in steps of {step}) fits both groups")
     chips, headroom = best
     return (f"best split on {acc.name}: mesh.sampler_devices={chips} (sampler {chips} chips, trainer "
             f"{acc.chips - chips}); chosen by memory, not by time: of the splits where both groups fit, the one "
@@ -260,6 +261,15 @@ def suggest_fixes(cfg: RunConfig, accelerator: Accelerator, derived: DerivedBatc
         found += [fit for key, values in changes
                   if key != base_key and (fit := _first_fit(cfg, accelerator, base, key, values))]
     return found[:limit]
+
+
+def _grid_row(acc: Accelerator) -> int:
+    """Chips in a row of a TPU slice's grid ("v6e:2x4" -> 2): a device group is a block of
+    the grid (its topology-aware mesh needs one, grpo_core.sharding.make_mesh) when it holds
+    whole rows. 1 for GPUs."""
+    if acc.kind != "tpu" or ":" not in acc.topology:
+        return 1
+    return int(acc.topology.split(":")[1].split("x")[0])
 
 
 def run_preflight(cfg: RunConfig, accelerator: str) -> PreflightReport:
