@@ -272,8 +272,9 @@ def format_compiled(report, compiled: dict) -> str:
             row += f"  {'out of memory' if result.oom else 'compile error'}".ljust(43)
         lines.append(row + f"{seconds:>16s}")
     if report.sampler_workload is not None:
-        lines.append(f"compiled per group: rollout and eval for the {report.phase_devices('rollout')} chips, "
-                     f"update for the {report.phase_devices('update')} chips of {report.accelerator.name}")
+        sampler, trainer = (report.phase_devices(p).split()[1] for p in ("rollout", "update"))
+        lines.append(f"compiled per group: the samplers for the sampler group's {sampler} chips, the update for "
+                     f"the trainer group's {trainer} chips of {report.accelerator.name}")
     return "\n".join(lines)
 
 
