@@ -5,6 +5,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -36,6 +37,9 @@ def run(cfg, run_dir):
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     cfg = tiny_config("eval.every_steps=2", "eval.num_prompts=2")
+    # Start from a cold process, as `grpo train` does: an earlier test of this pytest process
+    # may have compiled the same tiny programs, and the compile counts below are a new run's.
+    jax.clear_caches()
     return cfg, run_dir, run(cfg, run_dir)
 
 
