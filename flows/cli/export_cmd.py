@@ -18,7 +18,11 @@ def shard_size(text: str) -> int:
 
 def export(args: argparse.Namespace) -> int:
     from flows.export import DEFAULT_MAX_SHARD_BYTES, export_run
+    from grpo_core.errors import UserError
 
+    if args.adapter and (args.dtype or args.max_shard_size):
+        raise UserError("--dtype and --max-shard-size shape the merged model; a PEFT adapter directory is "
+                        "written as float32 in one file: drop them, or drop --adapter for the merged export")
     command = shlex.join(["grpo", *sys.argv[1:]]) if sys.argv[1:2] == ["export"] else None
     result = export_run(args.run_dir, args.dest, step=args.step, dtype=args.dtype, force=args.force,
                         max_shard_bytes=args.max_shard_size or DEFAULT_MAX_SHARD_BYTES, command=command,

@@ -95,6 +95,13 @@ def test_adapter_export_of_a_full_run_is_one_sentence(lora_run, tmp_path):
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("option", [("--dtype", "bfloat16"), ("--max-shard-size", "1GB")])
+def test_adapter_export_refuses_the_merged_models_options(lora_run, tmp_path, option):
+    done = grpo("export", "--adapter", *option, str(lora_run[0]), str(tmp_path / "out"))
+    assert done.returncode == 2 and option[0] in done.stderr and not (tmp_path / "out").exists()
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("setting, field", [("model.lora.rank=-1", "model.lora.rank"),
                                             ("model.lora.alpha=0", "model.lora.alpha"),
                                             ("model.lora.targets=[wq,q_proj]", "model.lora.targets")])
