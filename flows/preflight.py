@@ -18,6 +18,7 @@ from grpo_core.layout_choice import choose_weights_layout, with_weights_layout
 from grpo_core.memory import MemoryEstimate, Workload, estimate_memory, sampler_view
 from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
+from schemas.model import base_dtype
 from schemas.run import DerivedBatch, RunConfig
 from tasks.device_groups import derive_trainer_batch
 
@@ -83,17 +84,6 @@ def resolve_model_config(name_or_path: str) -> ModelConfig:
         f"architecture; use a local model directory or one of {sorted(PRESETS)} (hub ids such as "
         "Qwen/Qwen2.5-7B-Instruct, Qwen/Qwen3-8B or meta-llama/Llama-3.1-8B-Instruct map to their preset)"
     )
-
-
-def base_dtype(section, platform: str) -> str:
-    """The dtype the run holds its (base) weights in on `platform` (tpu, gpu, cpu): with
-    LoRA, model.lora.base_dtype (auto: bfloat16 off CPU), as tasks.session.lora_model_section."""
-    lora = section.lora
-    if lora is None or lora.rank == 0:
-        return section.dtype
-    if lora.base_dtype != "auto":
-        return lora.base_dtype
-    return section.dtype if platform == "cpu" else "bfloat16"
 
 
 def mesh_sizes(cfg: RunConfig, accelerator: Accelerator) -> dict[str, int]:

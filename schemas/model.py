@@ -48,3 +48,15 @@ class ModelSection(Section):
         None, json_schema_extra=NEW_OPTION,
         description="Train low-rank adapters instead of every weight (null or rank 0: full fine-tuning).",
     )
+
+
+def base_dtype(section, platform: str) -> str:
+    """The dtype a run holds its (base) weights in on `platform` (tpu, gpu, cpu): with LoRA,
+    model.lora.base_dtype (auto: bfloat16 off CPU); the session, the memory estimate and the
+    ahead-of-time compile all read it here."""
+    lora = section.lora
+    if lora is None or lora.rank == 0:
+        return section.dtype
+    if lora.base_dtype != "auto":
+        return lora.base_dtype
+    return section.dtype if platform == "cpu" else "bfloat16"

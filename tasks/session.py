@@ -28,6 +28,7 @@ from grpo_core.sampling import sampler_prompt_width
 from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml
+from schemas.model import base_dtype
 from schemas.run import RunConfig
 from tasks.device_groups import split_devices
 from tasks.dispatch import DispatchOwner, GroupThread
@@ -356,8 +357,6 @@ def compilation_cache_dir(cfg: RunConfig, run_dir: Path, mesh) -> str | None:
 def lora_model_section(section, mesh):
     """The `model:` section to load the weights with: with LoRA the base's dtype is
     model.lora.base_dtype, where auto is bfloat16 on TPU/GPU meshes and model.dtype on CPU."""
-    from flows.preflight import base_dtype
-
     return section.model_copy(update={"dtype": base_dtype(section, mesh.devices.flat[0].platform)})
 
 
