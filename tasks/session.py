@@ -124,11 +124,6 @@ class TrainSession(RunPlan):
 
     # ---- model state -------------------------------------------------------------------
 
-    @property
-    def policy(self) -> Model:
-        """The current policy (with LoRA: the adapters merged into a copy of the base)."""
-        return Model(self.model_cfg, self._policy_weights(), self.tokenizer)
-
     def policy_like(self) -> Model:
         """A Model with the policy's shapes, dtypes and shardings, to lower the sampler with:
         with LoRA the base itself (the merge changes values only), so nothing is computed."""
