@@ -51,8 +51,8 @@ def measure(config: str, slice_name: str, layout: str, hlo_dir: str = "") -> dic
     from grpo_core.layouts import generation_mesh
     from grpo_core.memory import get_accelerator
     from grpo_core.models.model import Model
-    from grpo_core.sampling import lower_generate, prompt_slots, sampler_rows
-    from grpo_core.sharding import batch_shards, make_mesh
+    from grpo_core.sampling import lower_generate
+    from grpo_core.sharding import make_mesh
     from schemas import load_run_config
     from tasks.session import make_trainer, mesh_shape
 
@@ -76,18 +76,29 @@ def measure(config: str, slice_name: str, layout: str, hlo_dir: str = "") -> dic
         Path(hlo_dir).mkdir(parents=True, exist_ok=True)
         _hlo_path(hlo_dir, config, slice_name, layout).write_text(text)
     memory = aot.ProgramMemory.of(compiled, resident)
+    return {"config": config, "slice": slice_name, "layout": layout, "compile_seconds": round(seconds, 1),
+            **rollout_fields(cfg, m, gen, derived.prompts_global_per_step, dtype, text),
+            "xla_bytes": memory.total, "xla": vars(memory)}
+
+
+def rollout_fields(cfg, m, gen, prompts: int, dtype, text: str) -> dict:
+    """What the roofline of a compiled rollout program needs: its sampler mesh, the bytes a
+    chip reads per decode step (weights, KV cache) and the program's per-step ICI bytes and
+    FLOPs (from its optimized HLO `text`)."""
+    from grpo_core.sampling import prompt_slots, sampler_rows
+    from grpo_core.sharding import batch_shards
+
+    r = cfg.rollout
     tp, itemsize = gen.shape["tp"], dtype.itemsize
-    rows = sampler_rows(derived.prompts_global_per_step, gen) // batch_shards(gen) * r.n
+    rows = sampler_rows(prompts, gen) // batch_shards(gen) * r.n
     slots = prompt_slots(r.max_prompt_tokens) + r.max_new_tokens
     kv_heads = m.num_key_value_heads // math.gcd(m.num_key_value_heads, tp)
     return {
-        "config": config, "model": cfg.model.name_or_path, "slice": slice_name, "layout": layout,
-        "generation_mesh": dict(gen.shape), "compile_seconds": round(seconds, 1),
+        "model": cfg.model.name_or_path, "generation_mesh": dict(gen.shape),
         "weight_bytes": m.num_params * itemsize,
         "weights_read_per_device": _weights_per_device(m, tp, itemsize),
         "kv_cache_per_device": 2 * m.num_hidden_layers * rows * slots * kv_heads * m.head_dim * itemsize,
-        "rows_per_device": rows, "max_new_tokens": r.max_new_tokens,
-        **hlo_fields(text), "xla_bytes": memory.total, "xla": vars(memory),
+        "rows_per_device": rows, "max_new_tokens": r.max_new_tokens, **hlo_fields(text),
     }
 
 

@@ -98,9 +98,22 @@ def slice_devices(acc: Accelerator) -> list:
         return topology_devices(acc)
 
 
-def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: Path | None = None,
-                   log=lambda message: None) -> dict:
-    """{phase: grpo_core.aot.CompiledPhase} for the programs `cfg` runs on the slice `acc`."""
+@dataclasses.dataclass
+class PhasePrograms:
+    """The programs `cfg` runs on the slice, each as a function giving its jax Lowered, and
+    what they were built from (the meshes of the two device groups, the derived batch)."""
+
+    lowerings: dict
+    resident: int  # bytes the samplers' programs hold beside their own (the trainer's state without a split)
+    derived: object
+    model_cfg: object
+    mesh: object  # the update's
+    generation_mesh: object  # the samplers'
+    dtype: object
+
+
+def phase_programs(cfg: RunConfig, acc: Accelerator) -> PhasePrograms:
+    """The rollout, update and eval programs of `cfg` for the slice `acc`, lowered on demand."""
     require_libtpu()
     use_compile_only_tpu()
     import jax.numpy as jnp
@@ -127,7 +140,7 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
     elif gen_mesh is not mesh:
         resident += aot.resident_bytes(params)
     r, model = cfg.rollout, Model(model_cfg, aot.abstract_params(model_cfg, dtype, gen_mesh))
-    programs = {
+    lowerings = {
         "rollout": lambda: lower_generate(
             model, derived.prompts_global_per_step, r.max_prompt_tokens, gen_mesh, max_new_tokens=r.max_new_tokens,
             temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, n=r.n),
@@ -139,6 +152,16 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
             max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens, temperature=0.0, top_p=r.top_p,
             top_k=r.top_k, n=1),
     }
+    return PhasePrograms(lowerings, resident, derived, model_cfg, mesh, gen_mesh, dtype)
+
+
+def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: Path | None = None,
+                   log=lambda message: None) -> dict:
+    """{phase: grpo_core.aot.CompiledPhase} for the programs `cfg` runs on the slice `acc`."""
+    from grpo_core import aot
+
+    built = phase_programs(cfg, acc)
+    programs, resident = built.lowerings, built.resident
     store = None if cache_dir is None else aot.ResultStore(cache_dir, compiler_id(acc))
     results = {}
     for phase in phases:
@@ -159,7 +182,7 @@ def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
     from flows.preflight import build_group_workloads
     from grpo_core.layouts import generation_mesh
     from grpo_core.sharding import make_mesh
-    from tasks.device_groups import split_devices
+    from tasks.device_groups import split_devices, split_meshes
     from tasks.session import auto_mesh_shape, mesh_shape
 
     split = cfg.mesh.sampler_devices
@@ -168,14 +191,8 @@ def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
     if not split:
         mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(trainer_devices) // acc.hosts), trainer_devices)
         return mesh, generation_mesh(mesh, layout, model_cfg, acc.chips // acc.hosts)
-    try:  # a topology-aware mesh needs its chips to form a block of the slice's grid
-        mesh = make_mesh(mesh_shape(cfg, 1, len(trainer_devices)), trainer_devices)
-        sampler_mesh = make_mesh(auto_mesh_shape(1, len(sampler_devices)), sampler_devices)
-    except AssertionError:
-        raise UserError(f"mesh.sampler_devices={split}: the first {split} chips of {acc.name} ({acc.topology}) and "
-                        f"the other {len(trainer_devices)} do not both form a block of its chip grid, so no mesh "
-                        "can be built on them; choose a split whose two groups are blocks (e.g. half the chips)"
-                        ) from None
+    mesh, sampler_mesh = split_meshes(split, mesh_shape(cfg, 1, len(trainer_devices)),
+                                      auto_mesh_shape(1, len(sampler_devices)), devices)
     return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler_devices))
 
 

@@ -30,7 +30,7 @@ from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml
 from schemas.model import base_dtype
 from schemas.run import RunConfig
-from tasks.device_groups import split_devices
+from tasks.device_groups import split_devices, split_meshes
 from tasks.dispatch import DispatchOwner, GroupThread
 from tasks.faults import maybe_inject_fault
 from tasks.host import keep_freed_memory
@@ -53,8 +53,13 @@ class TrainSession(RunPlan):
         self.dispatch = DispatchOwner()  # the thread that opens the session dispatches its programs
         sampler_devices, trainer_devices = split_devices(cfg.mesh.sampler_devices)
         self.split = sampler_devices is not trainer_devices  # tasks/device_groups.py
-        self.mesh = make_mesh(mesh_shape(cfg, self.num_processes, len(trainer_devices) // self.num_processes),
-                              trainer_devices)
+        trainer_shape = mesh_shape(cfg, self.num_processes, len(trainer_devices) // self.num_processes)
+        sampler_local = len(sampler_devices) // self.num_processes
+        if self.split:
+            self.mesh, sampler_mesh = split_meshes(cfg.mesh.sampler_devices, trainer_shape,
+                                                   auto_mesh_shape(self.num_processes, sampler_local))
+        else:
+            self.mesh = sampler_mesh = make_mesh(trainer_shape, trainer_devices)
         compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir, self.mesh))  # before the first compile
         self.lora = lora_lib.spec_from_config(cfg.model.lora)
         model = resolve_model(lora_model_section(cfg.model, self.mesh), cfg.train.seed, self.mesh,
@@ -75,9 +80,6 @@ class TrainSession(RunPlan):
                                        asynchronous=cfg.checkpoint.asynchronous, before_commit=_checkpoint_fault,
                                        compress=cfg.checkpoint.compress)
         self.weights_layout = resolve_weights_layout(cfg, self.mesh)
-        sampler_local = len(sampler_devices) // self.num_processes
-        sampler_mesh = make_mesh(auto_mesh_shape(self.num_processes, sampler_local), sampler_devices) if self.split \
-            else self.mesh
         self.generation_mesh = generation_mesh(sampler_mesh, self.weights_layout, self.model_cfg, sampler_local)
         # With a split: the sampler group's own dispatch thread and its copy of the params.
         self.sampler = GroupThread("grpo-sampler") if self.split else None

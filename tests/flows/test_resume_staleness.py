@@ -1,7 +1,8 @@
 """Crash and resume with rollout.max_staleness=1 (slow tier): step k's flow samples step
-k+1's rollout before step k's update, so a SIGKILL in the rollout sampled ahead and in the
-checkpoint write after the update that follows it resumes to the params of an
-uninterrupted run."""
+k+1's rollout before step k's update, so a SIGKILL in any phase (the rollout sampled
+ahead, the reward and advantage before it is submitted, the update beside it, the
+checkpoint write after it) resumes to the params of an uninterrupted run, and whatever
+was already on disk is reused, not sampled again."""
 import json
 import signal
 
@@ -12,26 +13,35 @@ from train_helpers import write_tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
+# (fault, whether step 2's rollout (sampled ahead in step 1's flow) is on disk when it fires)
+FAULTS = [("reward:1:kill", False), ("advantage:1:kill", False), ("rollout:2:kill", False),
+          ("update:1:kill", True), ("checkpoint:1:kill", True)]
 
-def stale_config(tmp_path):
-    return write_tiny_config(tmp_path / "stale.yaml", "one-step-stale resume test config",
-                             train={"steps": 3}, rollout={"max_staleness": 1})
 
-
-def test_sigkill_around_the_rollout_sampled_ahead_resumes_to_the_same_params(tmp_path):
-    config = stale_config(tmp_path)
-    straight = train(config, tmp_path / "straight")
-    assert straight.returncode == 0, straight.stdout[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stale")
+    config = write_tiny_config(tmp / "stale.yaml", "one-step-stale resume test config",
+                               train={"steps": 3}, rollout={"max_staleness": 1})
+    done = train(config, tmp / "straight")
+    assert done.returncode == 0, done.stdout[-3000:]
+    records = [json.loads(line) for line in (tmp / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [r["rollout_params_version"] for r in records] == [0, 0, 1]
-    for fault in ("rollout:2:kill", "checkpoint:1:kill"):
-        run_dir = tmp_path / fault.split(":")[0]
-        killed = train(config, run_dir, fault=fault)
-        assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
-        ahead = artifact_shas(run_dir, 2)
-        # the rollout sampled ahead is on disk before the update of the step that sampled it
-        assert ("rollout.parquet" in ahead) == (fault != "rollout:2:kill"), (fault, ahead)
-        resumed = train(config, run_dir)
-        assert resumed.returncode == 0, resumed.stdout[-3000:]
-        assert {n: s for n, s in artifact_shas(run_dir, 2).items() if n in ahead} == ahead  # not resampled
-        assert params_sha(run_dir) == params_sha(tmp_path / "straight"), fault
+    return config, params_sha(tmp / "straight")
+
+
+@pytest.mark.parametrize("fault,ahead_on_disk", FAULTS, ids=[f for f, _ in FAULTS])
+def test_sigkill_in_each_phase_resumes_to_the_same_params(fault, ahead_on_disk, straight, tmp_path):
+    config, expected = straight
+    run_dir = tmp_path / "run"
+    killed = train(config, run_dir, fault=fault)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    step1, ahead = artifact_shas(run_dir, 1), artifact_shas(run_dir, 2)
+    assert ("rollout.parquet" in ahead) == ahead_on_disk, (fault, ahead)
+    assert "rollout.parquet" in step1 and ("update.json" in step1) == fault.startswith("checkpoint"), (fault, step1)
+    resumed = train(config, run_dir)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    after1 = artifact_shas(run_dir, 1)
+    assert {n: after1[n] for n in step1} == step1  # step 1's finished phases reused
+    assert {n: s for n, s in artifact_shas(run_dir, 2).items() if n in ahead} == ahead  # not resampled
+    assert params_sha(run_dir) == expected, fault
