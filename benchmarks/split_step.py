@@ -8,7 +8,9 @@ chips) and once per split (mesh.sampler_devices = S with rollout.max_staleness =
 rollout on the first S chips, the update on the rest, side by side). Each program's
 optimized HLO gives its per-chip FLOPs and ICI bytes (loops multiplied by their trip
 counts, grpo_core.hlo); the rollout's roofline is benchmarks.tpu_roofline's (prefill plus
-max_new_tokens decode steps, every row running to the limit); the update's is the largest
+max_new_tokens decode steps, every row running to the limit); the update's micro-batch loop,
+whose trip count is data-dependent (the zero-advantage skip), is counted at its worst case
+(every micro-batch run); the update's time is the largest
 of FLOPs / peak, ICI bytes / ICI rate and a lower bound of its HBM bytes (the weights read
 once per pass per micro-batch, 3 passes with remat and 2 without, plus one read and write
 of the params, gradients and optimizer state; activations not counted). Rates are the
@@ -80,7 +82,14 @@ def measure(config: str, slice_name: str, sampler_devices: str) -> dict:
             gen = built.generation_mesh.shape
             row["publish_bytes_per_sampler_chip"] = row["rollout"]["weight_bytes"] // (gen["fsdp"] * gen["tp"])
         else:
-            cost = hlo.loop_cost(text, "ENTRY")
+            cost = hlo.loop_cost(text, "ENTRY")  # the micro-batch loop counted once: its trip count is data-
+            comps = hlo.computations(text)       # dependent (the zero-advantage skip), so add its other iterations
+            for body in (b for b, trips in hlo.while_loops(text, comps) if trips is None):
+                extra = hlo.loop_cost(text, body, comps)
+                cost.flops += (built.derived.grad_accum_steps - 1) * extra.flops
+                for kind, value in extra.collective_bytes.items():
+                    cost.collective_bytes[kind] = cost.collective_bytes.get(kind, 0.0) + (
+                        built.derived.grad_accum_steps - 1) * value
             weights = built.model_cfg.num_params * built.dtype.itemsize // built.mesh.shape["tp"]
             state = aot.resident_bytes(aot.abstract_params(built.model_cfg, built.dtype, built.mesh))
             passes = 3 if cfg.model.remat else 2

@@ -32,6 +32,10 @@ STAND_IN = ['job_command=["repo/tests/tpu/fake_job.py"]', "preflight=false",
             'timeouts={"ready_s": 60, "command_s": 300, "job_s": 300, "poll_s": 0.5}']
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -48,9 +52,13 @@ class Stack:
         self.procs, self.stop_seconds = [], {}
 
     def start(self, name: str, argv: list[str]) -> None:
+        """Start a service as a service manager does: its own session, default signal
+        handling. A process started in the background of a shell without job control (a CI
+        job, `cmd &` in a script) inherits SIGINT ignored, and a Prefect worker turns SIGTERM
+        into SIGINT: it would then outlive SIGTERM (docs/troubleshooting.md)."""
         log = open(self.root / f"{name}.log", "w")
         self.procs.append((name, subprocess.Popen(argv, cwd=self.repo, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                  start_new_session=True)))
+                                                  start_new_session=True, preexec_fn=default_sigint)))
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([*PREFECT, *args], cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=300)
