@@ -32,11 +32,16 @@ def overlapping_steps(records: list[dict]) -> list[int]:
 
 def prefect_task_runs(prefect_home) -> dict[str, tuple[datetime.datetime, datetime.datetime]]:
     """{task run name: (start, end)} as the run's Prefect server recorded them (what its UI
-    draws), read from the embedded server's database after the run."""
+    draws), read from the embedded server's database after the run. A rollout sampled
+    ahead runs again in its own step's flow as a cache hit under the same name: the first
+    run of a name is the one that sampled."""
     with sqlite3.connect(prefect_home / "prefect.db") as db:
-        rows = db.execute("select name, start_time, end_time from task_run where start_time is not null").fetchall()
-    return {name: (datetime.datetime.fromisoformat(start), datetime.datetime.fromisoformat(end))
-            for name, start, end in rows}
+        rows = db.execute("select name, start_time, end_time from task_run where start_time is not null "
+                          "order by start_time").fetchall()
+    runs = {}
+    for name, start, end in rows:
+        runs.setdefault(name, (datetime.datetime.fromisoformat(start), datetime.datetime.fromisoformat(end)))
+    return runs
 
 
 def test_the_next_rollout_samples_on_the_sampler_group_while_the_update_trains(tmp_path, monkeypatch):
