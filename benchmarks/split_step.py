@@ -172,7 +172,7 @@ def _read(jsonl: Path) -> list[dict]:
 
 def report(jsonl: Path) -> str:
     rows = _read(jsonl)
-    lines = ["| model | slice | step | sampler / trainer chips | rollout s (chips) | update s (bound) | publish ms | "
+    lines = ["| model | slice | step | sampler / trainer chips | rollout s | update s (bound) | publish ms | "
              "predicted step s | vs synchronous | XLA GiB rollout / update | fits |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     sync = {(r["config"], r["slice"]): step_seconds(r) for r in rows
