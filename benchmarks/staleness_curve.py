@@ -72,18 +72,18 @@ def _mean(values) -> float:
 
 def table(cells: list[dict], steps: int) -> str:
     lines = [f"| seed | max_staleness | correct, steps 0-{WINDOW - 1} | correct, steps {steps - WINDOW}-{steps - 1} | "
-             "gain | reward, last window | wall s |", "|---|---|---|---|---|---|---|"]
+             "gain | correct, all steps | wall s |", "|---|---|---|---|---|---|---|"]
     for cell in cells:
         first, last = _mean(cell["correct"][:WINDOW]), _mean(cell["correct"][-WINDOW:])
         lines.append(f"| {cell['seed']} | {cell['max_staleness']} | {first:.3f} | {last:.3f} | {last - first:+.3f} | "
-                     f"{_mean(cell['reward'][-WINDOW:]):.3f} | {cell['seconds']:.0f} |")
+                     f"{_mean(cell['correct']):.3f} | {cell['seconds']:.0f} |")
     for staleness in (0, 1):
         mine = [c for c in cells if c["max_staleness"] == staleness]
         if mine:
             first = _mean([_mean(c["correct"][:WINDOW]) for c in mine])
             last = _mean([_mean(c["correct"][-WINDOW:]) for c in mine])
             lines.append(f"| mean of {len(mine)} | {staleness} | {first:.3f} | {last:.3f} | {last - first:+.3f} | "
-                         f"{_mean([_mean(c['reward'][-WINDOW:]) for c in mine]):.3f} | "
+                         f"{_mean([_mean(c['correct']) for c in mine]):.3f} | "
                          f"{_mean([c['seconds'] for c in mine]):.0f} |")
     return "\n".join(lines)
 
