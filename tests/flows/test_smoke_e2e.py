@@ -32,8 +32,9 @@ STAND_IN = ['job_command=["repo/tests/tpu/fake_job.py"]', "preflight=false",
             'timeouts={"ready_s": 60, "command_s": 300, "job_s": 300, "poll_s": 0.5}']
 
 
-def default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Exec argv[1:] with SIGINT at its default disposition (not a preexec_fn: forking a
+# multithreaded test process to run Python in the child can deadlock).
+RESTORE_SIGINT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
 def free_port() -> int:
@@ -57,8 +58,9 @@ class Stack:
         job, `cmd &` in a script) inherits SIGINT ignored, and a Prefect worker turns SIGTERM
         into SIGINT: it would then outlive SIGTERM (docs/troubleshooting.md)."""
         log = open(self.root / f"{name}.log", "w")
+        argv = [sys.executable, "-c", RESTORE_SIGINT, *argv]  # the recipe docs/troubleshooting.md gives
         self.procs.append((name, subprocess.Popen(argv, cwd=self.repo, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                  start_new_session=True, preexec_fn=default_sigint)))
+                                                  start_new_session=True)))
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([*PREFECT, *args], cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=300)
