@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks.tpu_calibration import run_child
-from benchmarks.tpu_roofline import CONFIGS, RATES, predict
+from benchmarks.tpu_roofline import CONFIGS, RATES, _read, predict
 
 DEFAULT_JSONL = Path(__file__).parent / "results" / "split_step.jsonl"
 GIB = 1024**3
@@ -166,11 +166,6 @@ def run(configs, slices, splits: str, jsonl: Path) -> None:
                 print(f"{Path(config).stem} {slice_name} sampler_devices={split}: "
                       f"{'step ' + format(step, '.2f') + ' s' if step else 'no prediction'} "
                       f"({time.perf_counter() - started:.0f} s)", flush=True)
-
-
-def _read(jsonl: Path) -> list[dict]:
-    lines = jsonl.read_text().splitlines() if jsonl.exists() else []
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def report(jsonl: Path) -> str:
