@@ -211,11 +211,15 @@ class Checkpoints:
         return restored.state["params"], dict(restored.meta)
 
     def close(self) -> None:
-        """Wait for the save in flight, then release orbax's resources."""
+        """Wait for the save in flight and for orbax's start-up sweep of leftover temporary
+        directories (its own close waits only for saves), then release orbax's resources."""
         try:
             self.wait()
         finally:
             try:
+                sweep = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+                if sweep is not None:
+                    sweep.result()
                 self.manager.close()
             except Exception:
                 if not self._failed:  # orbax raises a failed write's error again; it was raised once
