@@ -182,17 +182,17 @@ def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
     from flows.preflight import build_group_workloads
     from grpo_core.layouts import generation_mesh
     from grpo_core.sharding import make_mesh
-    from tasks.device_groups import split_devices, split_meshes
+    from tasks.device_groups import split_meshes
     from tasks.session import auto_mesh_shape, mesh_shape
 
     split = cfg.mesh.sampler_devices
-    layout = build_group_workloads(cfg, acc)[1 if split else 0].weights_layout
-    sampler_devices, trainer_devices = split_devices(split, devices)
+    layout = build_group_workloads(cfg, acc)[1 if split else 0].weights_layout  # a split's refusals, for acc
     if not split:
-        mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(trainer_devices) // acc.hosts), trainer_devices)
+        mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(devices) // acc.hosts), devices)
         return mesh, generation_mesh(mesh, layout, model_cfg, acc.chips // acc.hosts)
-    mesh, sampler_mesh = split_meshes(split, mesh_shape(cfg, 1, len(trainer_devices)),
-                                      auto_mesh_shape(1, len(sampler_devices)), devices)
+    sampler_devices, trainer_devices = devices[:split], devices[split:]  # as tasks.device_groups.split_devices
+    mesh, sampler_mesh = split_meshes(sampler_devices, trainer_devices, mesh_shape(cfg, 1, len(trainer_devices)),
+                                      auto_mesh_shape(1, len(sampler_devices)))
     return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler_devices))
 
 

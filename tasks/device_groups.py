@@ -54,16 +54,15 @@ def derive_trainer_batch(cfg, num_processes: int, device_count: int):
     return cfg.derive(num_processes, trainer_device_count(cfg.mesh.sampler_devices, device_count))
 
 
-def split_meshes(sampler_devices: int, trainer_shape: dict, sampler_shape: dict, devices=None):
-    """(trainer mesh, sampler mesh) of a split (mesh.sampler_devices > 0) over `devices`
-    (default: all): each group's mesh over its own devices. On a TPU slice a mesh needs
-    its chips to form a block of the chip grid; a split whose groups do not is a UserError."""
+def split_meshes(sampler: list, trainer: list, trainer_shape: dict, sampler_shape: dict):
+    """(trainer mesh, sampler mesh) of a split (the two device lists of `split_devices`):
+    each group's mesh over its own devices. On a TPU slice a mesh needs its chips to form a
+    block of the chip grid; a split whose groups do not is a UserError."""
     from grpo_core.sharding import make_mesh
 
-    sampler, trainer = split_devices(sampler_devices, devices)
     try:
         return make_mesh(trainer_shape, trainer), make_mesh(sampler_shape, sampler)
     except AssertionError:  # jax's mesh_utils: the devices are not a block of the physical grid
-        raise UserError(f"mesh.sampler_devices={sampler_devices}: the first {sampler_devices} chips and the other "
+        raise UserError(f"mesh.sampler_devices={len(sampler)}: the first {len(sampler)} chips and the other "
                         f"{len(trainer)} do not both form a block of the slice's chip grid, so no mesh can be built "
                         "on them; choose a split whose two groups are blocks (e.g. half the chips)") from None

@@ -56,7 +56,7 @@ class TrainSession(RunPlan):
         trainer_shape = mesh_shape(cfg, self.num_processes, len(trainer_devices) // self.num_processes)
         sampler_local = len(sampler_devices) // self.num_processes
         if self.split:
-            self.mesh, sampler_mesh = split_meshes(cfg.mesh.sampler_devices, trainer_shape,
+            self.mesh, sampler_mesh = split_meshes(sampler_devices, trainer_devices, trainer_shape,
                                                    auto_mesh_shape(self.num_processes, sampler_local))
         else:
             self.mesh = sampler_mesh = make_mesh(trainer_shape, trainer_devices)

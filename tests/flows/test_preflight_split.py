@@ -154,6 +154,6 @@ def test_compile_check_compiles_each_group_for_its_own_chips_of_v6e_8():
     # The run's own meshes (tasks/session.py) come from the same function: no assertion's traceback at run time.
     from tasks.device_groups import split_meshes
     with pytest.raises(UserError, match="mesh.sampler_devices=3: .*do not both form a block"):
-        split_meshes(3, {"fsdp": 5}, {"fsdp": 3}, devices)
-    trainer_mesh, sampler_mesh = split_meshes(4, {"fsdp": 4}, {"fsdp": 4}, devices)
+        split_meshes(devices[:3], devices[3:], {"fsdp": 5}, {"fsdp": 3})
+    trainer_mesh, sampler_mesh = split_meshes(devices[:4], devices[4:], {"fsdp": 4}, {"fsdp": 4})
     assert {d.id for d in sampler_mesh.devices.flat} == {d.id for d in devices[:4]}
