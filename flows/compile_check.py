@@ -176,13 +176,14 @@ def compile_config(cfg: RunConfig, acc: Accelerator, phases=PHASES, cache_dir: P
 def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
     """(the update's mesh, the samplers' generation mesh) over the slice's `devices`, as
     tasks/session.py builds them: with mesh.sampler_devices = S the update's mesh is the
-    chips after the first S, the samplers' the first S (fsdp over them, then the run's
+    chips after the first S, the samplers' the first S (on several hosts S / hosts of each
+    host's, as tasks.device_groups.split_devices chooses; fsdp over them, then the run's
     weights layout), each program compiled for its own group's part of the slice; without
     a split both are every chip, the samplers' in the generation layout."""
     from flows.preflight import build_group_workloads
     from grpo_core.layouts import generation_mesh
     from grpo_core.sharding import make_mesh
-    from tasks.device_groups import split_meshes
+    from tasks.device_groups import check_host_local_trainer, split_devices, split_meshes
     from tasks.session import auto_mesh_shape, mesh_shape
 
     split = cfg.mesh.sampler_devices
@@ -190,10 +191,13 @@ def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
     if not split:
         mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(devices) // acc.hosts), devices)
         return mesh, generation_mesh(mesh, layout, model_cfg, acc.chips // acc.hosts)
-    sampler_devices, trainer_devices = devices[:split], devices[split:]  # as tasks.device_groups.split_devices
-    mesh, sampler_mesh = split_meshes(sampler_devices, trainer_devices, mesh_shape(cfg, 1, len(trainer_devices)),
-                                      auto_mesh_shape(1, len(sampler_devices)))
-    return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler_devices))
+    sampler_devices, trainer_devices = split_devices(split, devices)
+    hosts = acc.hosts
+    mesh, sampler_mesh = split_meshes(sampler_devices, trainer_devices,
+                                      mesh_shape(cfg, hosts, len(trainer_devices) // hosts),
+                                      auto_mesh_shape(hosts, len(sampler_devices) // hosts))
+    check_host_local_trainer(dict(mesh.shape), len(trainer_devices) // hosts, hosts)
+    return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler_devices) // hosts)
 
 
 def _update_state(cfg: RunConfig, model_cfg, mesh, dtype, grad_accum_steps: int):

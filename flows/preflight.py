@@ -20,7 +20,7 @@ from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
 from schemas.model import base_dtype
 from schemas.run import DerivedBatch, RunConfig
-from tasks.device_groups import derive_trainer_batch
+from tasks.device_groups import TPU_HOSTS_REFUSAL, check_tpu_hosts, derive_trainer_batch
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 # Pullable chat models -> the preset holding their architecture.
@@ -137,16 +137,19 @@ def build_group_workloads(cfg: RunConfig, accelerator: Accelerator) -> tuple[Wor
 
     With mesh.sampler_devices = S the run (tasks/session.py) trains on the other chips
     (mesh.shape describes them, the batch is divided over them), and samples on the first
-    S with the params resharded onto fsdp over S in the weights layout the run resolves on
-    the trainer's chips."""
+    S (on several hosts: S / hosts of each host's, dp across hosts) with the params
+    resharded onto fsdp over them in the weights layout the run resolves on the trainer's
+    chips."""
     sampler_chips = cfg.mesh.sampler_devices
     derived = derive_trainer_batch(cfg, accelerator.hosts, accelerator.chips)  # the split's refusals
+    check_tpu_hosts(sampler_chips, accelerator.kind, accelerator.hosts)
     if not sampler_chips:
         return build_workload(cfg, accelerator)[0], None, derived
     trainer, _ = build_workload(cfg, dataclasses.replace(accelerator, chips=accelerator.chips - sampler_chips))
-    sampler = dataclasses.replace(trainer, mesh=(("dp", 1), ("fsdp", sampler_chips), ("tp", 1)),
+    hosts = accelerator.hosts
+    sampler = dataclasses.replace(trainer, mesh=(("dp", hosts), ("fsdp", sampler_chips // hosts), ("tp", 1)),
                                   generation_mesh=None, sampler_group=True)
-    sampler = with_weights_layout(sampler, trainer.weights_layout, sampler_chips)
+    sampler = with_weights_layout(sampler, trainer.weights_layout, sampler_chips // hosts)
     return dataclasses.replace(trainer, generation_mesh=None), sampler, derived
 
 
@@ -174,11 +177,12 @@ def estimate_config(cfg: RunConfig, accelerator: Accelerator) -> tuple[Workload,
 def best_split(cfg: RunConfig, accelerator: Accelerator) -> str:
     """The mesh.sampler_devices to use for `cfg` on `accelerator`, as one line: of the splits
     whose groups are whole rows of a TPU grid and both fit, the one whose fuller group keeps
-    the most headroom. Chosen by memory: no step-time model of the two groups backs it."""
+    the most headroom (on several hosts: every host gives the same number of its chips).
+    Chosen by memory: no step-time model of the two groups backs it."""
     acc = accelerator
-    if acc.hosts > 1:
-        return f"best split on {acc.name}: none; a split needs a single-process run and {acc.name} has {acc.hosts} hosts"
-    best, step = None, _grid_row(acc)
+    if acc.kind == "tpu" and acc.hosts > 1:
+        return f"best split on {acc.name}: none; {TPU_HOSTS_REFUSAL.split(': ')[0]}"
+    best, step = None, acc.hosts if acc.hosts > 1 else _grid_row(acc)
     for chips in range(step, acc.chips, step):
         try:
             estimate = estimate_config(with_overrides(cfg, [f"mesh.sampler_devices={chips}"]), acc)[2]
@@ -190,8 +194,9 @@ def best_split(cfg: RunConfig, accelerator: Accelerator) -> str:
     if best is None:
         return (f"best split on {acc.name}: none; no mesh.sampler_devices from {step} to {acc.chips - step} "
                 f"(in steps of {step}) fits both groups")
+    per_host = f", {chips // acc.hosts} of each host's {acc.chips // acc.hosts}" if acc.hosts > 1 else ""
     chips, headroom = best
-    return (f"best split on {acc.name}: mesh.sampler_devices={chips} (sampler {chips} chips, trainer "
+    return (f"best split on {acc.name}: mesh.sampler_devices={chips} (sampler {chips} chips{per_host}, trainer "
             f"{acc.chips - chips}); chosen by memory, not by time: of the splits where both groups fit, the one "
             f"whose fuller group keeps the most headroom ({headroom / GIB:.2f} GiB per device)")
 

@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from grpo_core.errors import UserError
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import param_logical_axes
-from grpo_core.sharding import MESH_AXES, make_mesh, tree_shardings
+from grpo_core.sharding import MESH_AXES, make_mesh, mesh_sizes, tree_shardings
 
 LAYOUTS = ("replicated", "tp", "fsdp")
 
@@ -70,9 +70,15 @@ def generation_mesh(mesh: Mesh, layout: str, cfg: ModelConfig, local_devices: in
     if all(mesh.shape[a] == shape[a] for a in shape):
         return mesh
     devices = list(mesh.devices.flat)
-    if shape["tp"] > 1 and len({d.process_index for d in devices}) > 1:
+    several_hosts = len({d.process_index for d in devices}) > 1
+    if shape["tp"] > 1 and several_hosts:
         return Mesh(host_local_tp_grid(devices, shape["tp"]), MESH_AXES)
-    return make_mesh(shape, devices)
+    try:
+        return make_mesh(shape, devices)
+    except AssertionError:  # mesh_utils: a group of several hosts' chips that is no block of the grid
+        if not several_hosts:
+            raise
+        return Mesh(np.asarray(devices, dtype=object).reshape(mesh_sizes(shape, len(devices))), MESH_AXES)
 
 
 def host_local_tp_grid(devices, tp: int) -> np.ndarray:
@@ -105,7 +111,34 @@ def to_generation_layout(params, cfg: ModelConfig, mesh: Mesh):
     shardings = tree_shardings(param_logical_axes(cfg), params, mesh)
     if all(getattr(x, "sharding", None) == s for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings))):
         return params
-    return jax.device_put(params, shardings)
+    return place(params, shardings)
+
+
+def place(tree, shardings):
+    """`tree` put at `shardings` device to device. Between two device sets that span
+    several processes (a split's trainer and sampler groups) jax reshards only within one
+    set, so each process copies its own whole replica between its own devices: nothing
+    crosses hosts. That needs every leaf whole on each process at both ends (sharded only
+    over axes inside a host), else a ValueError."""
+    leaves, shards = jax.tree.leaves(tree), jax.tree.leaves(shardings)
+    if all(x.is_fully_addressable for x in leaves) or all(x.sharding.device_set == s.device_set
+                                                         for x, s in zip(leaves, shards)):
+        return jax.device_put(tree, shardings)
+    local = [jax.make_array_from_single_device_arrays(x.shape, _host_part(x.sharding, x.shape),
+                                                      [s.data for s in x.addressable_shards]) for x in leaves]
+    moved = jax.device_put(local, [_host_part(s, x.shape) for x, s in zip(leaves, shards)])
+    placed = [jax.make_array_from_single_device_arrays(x.shape, s, [p.data for p in m.addressable_shards])
+              for x, s, m in zip(leaves, shards, moved)]
+    return jax.tree.unflatten(jax.tree.structure(tree), placed)
+
+
+def _host_part(sharding, shape):
+    """The part of a NamedSharding on this process's devices, which must hold the whole array."""
+    local = jax.sharding.NamedSharding(sharding.mesh.local_mesh, sharding.spec)
+    if local.shard_shape(shape) != sharding.shard_shape(shape):
+        raise ValueError(f"an array of shape {shape} sharded as {sharding.spec} over mesh {dict(sharding.mesh.shape)} "
+                         "is split across processes; only arrays whole on every process are copied host by host")
+    return local
 
 
 def bytes_per_device(tree) -> int:

@@ -53,7 +53,7 @@ def make_mesh(shape: dict[str, int] | None = None, devices=None) -> Mesh:
     (= whatever is left). None puts every device on "fsdp".
     """
     devices = list(jax.devices() if devices is None else devices)
-    sizes = _mesh_sizes(shape, len(devices))
+    sizes = mesh_sizes(shape, len(devices))
     if devices[0].platform == "cpu":  # no topology: the plain order (what mesh_utils gives too)
         grid = np.asarray(devices).reshape(sizes)
     else:  # topology-aware device order on TPU/GPU (keeps tp neighbours close)
@@ -63,7 +63,7 @@ def make_mesh(shape: dict[str, int] | None = None, devices=None) -> Mesh:
     return Mesh(grid, MESH_AXES)
 
 
-def _mesh_sizes(shape: dict[str, int] | None, n_devices: int) -> tuple[int, ...]:
+def mesh_sizes(shape: dict[str, int] | None, n_devices: int) -> tuple[int, ...]:
     shape = {"fsdp": -1} if shape is None else dict(shape)
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
@@ -122,7 +122,14 @@ def shard_params(params, axes, mesh: Mesh | None):
     """Place a params pytree on `mesh` by the rules table (None: leave as is)."""
     if mesh is None:
         return params
-    return jax.device_put(params, tree_shardings(axes, params, mesh))
+    shardings = tree_shardings(axes, params, mesh)
+    if mesh.is_multi_process:
+        # jax.device_put of a committed array onto devices of several processes gives an
+        # array whose one local shard claims every device (jax 0.10: its addressable_shards
+        # raise), so each process builds its shards from the host values instead.
+        return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, np.asarray(x).__getitem__),
+                            params, shardings)
+    return jax.device_put(params, shardings)
 
 
 def constrain(x, names, mesh: Mesh | None):

@@ -20,7 +20,8 @@ class MeshSection(Section):
     )
     sampler_devices: int = Field(
         0, ge=0, le=65536,
-        description="Devices given to sampling alone (the first ones of a single-process run); the rest train, "
+        description="Devices given to sampling alone (the first ones; on several hosts the same number of each host's, "
+        "so a multiple of the process count); the rest train, "
         "and mesh.shape describes them. After each update the new params are resharded once onto "
         "the sampler's devices. With rollout.max_staleness=1 the rollout of step k+1 runs there while step k "
         "updates. 0 = no split: sampling and training take turns on every device.",

@@ -1,44 +1,115 @@
 """The slice divided into a sampler group and a trainer group (mesh.sampler_devices).
 
-The first sampler_devices devices sample, the rest train. The trainer group holds the
-params, the optimizer state and the reference; the sampler group holds one copy of the
-params in the generation layout, replaced after each update by a device-to-device
-reshard (`TrainSession.publish_params`). With no split both groups are all devices and
-the sampler copy is made per rollout.
+The first sampler_devices devices sample, the rest train. With several processes (a
+slice of several hosts) every host gives the same number of its own devices to each
+group (sampler_devices / processes to sampling): both groups span every host, so a
+host's sampler and trainer devices are its own and a group never splits a tp group
+across hosts. The trainer group holds the params, the optimizer state and the reference;
+the sampler group holds one copy of the params in the generation layout, replaced after
+each update by a device-to-device reshard (`TrainSession.publish_params`; with several
+processes each host copies its own replica between its own devices). With no split
+both groups are all devices and the sampler copy is made per rollout.
 
-A split needs a single process: the collectives by which several processes agree on
-cache hits and batch widths (tasks/multihost.py) run over every device of the slice, and
-with the groups running side by side they would meet the sampler's programs in a
-different order on each host.
+What several processes agree on (tasks/multihost.py) goes through the distributed
+runtime's key-value store, not through device programs, so no program spans both groups
+but the params transfer, whose place in both groups' orders is fixed (tasks/dispatch.py).
 """
 from __future__ import annotations
+
+import os
+
+import numpy as np
 
 from grpo_core.errors import UserError
 
 
+def by_process(devices) -> dict[int, list]:
+    """Each process's devices, in the order given."""
+    hosts: dict[int, list] = {}
+    for d in devices:
+        hosts.setdefault(d.process_index, []).append(d)
+    return dict(sorted(hosts.items()))
+
+
 def split_devices(sampler_devices: int, devices=None) -> tuple[list, list]:
     """(sampler devices, trainer devices) of `devices` (default: all); the same list twice
-    when sampler_devices is 0 (no split)."""
+    when sampler_devices is 0 (no split). With several processes each takes
+    sampler_devices / processes of its own devices (the first, in chip order) to sample."""
     import jax
 
     devices = list(jax.devices() if devices is None else devices)
     if not sampler_devices:
         return devices, devices
-    check_split(sampler_devices, len(devices), len({d.process_index for d in devices}))
-    return devices[:sampler_devices], devices[sampler_devices:]
+    hosts = by_process(devices)
+    check_split(sampler_devices, len(devices), len(hosts))
+    if len(hosts) == 1:
+        return devices[:sampler_devices], devices[sampler_devices:]
+    per_host = sampler_devices // len(hosts)
+    local = [sorted(ds, key=_chip_order) for ds in hosts.values()]
+    return [d for ds in local for d in ds[:per_host]], [d for ds in local for d in ds[per_host:]]
+
+
+def _chip_order(device):
+    return tuple(reversed(getattr(device, "coords", ()) or ())), device.id
 
 
 def check_split(sampler_devices: int, device_count: int, num_processes: int = 1) -> None:
     """A UserError when a split of `device_count` devices over `num_processes` processes
-    cannot be made (a run of several processes, or no device left to train)."""
+    cannot be made (no device left to train, or hosts that would give unequal shares)."""
     if not sampler_devices:
         return
-    if num_processes > 1:
-        raise UserError(f"mesh.sampler_devices={sampler_devices} needs a single-process run; set it to 0 on "
-                        "several hosts")
     if sampler_devices >= device_count:
         raise UserError(f"mesh.sampler_devices={sampler_devices} leaves none of the {device_count} devices to train; "
                         f"use 1 to {device_count - 1}, or 0 for no split")
+    if sampler_devices % num_processes:
+        raise UserError(f"mesh.sampler_devices={sampler_devices} is not a multiple of the {num_processes} processes "
+                        "(every host gives the same number of its devices to sampling); use a multiple of "
+                        f"{num_processes}, e.g. {num_processes * max(1, sampler_devices // num_processes)}")
+
+
+TPU_HOSTS_REFUSAL = ("a split of a TPU slice of several hosts is not supported yet: each host would give part of its "
+                     "chips to each group, and libtpu (0.0.42.1) aborts compiling such groups (v6e-16 with 2 of each "
+                     "host's 4 chips); set mesh.sampler_devices to 0 there")
+
+
+def check_tpu_hosts(sampler_devices: int, platform: str, num_processes: int) -> None:
+    """A UserError for a split on a TPU slice of several hosts (TPU_HOSTS_REFUSAL)."""
+    if sampler_devices and platform == "tpu" and num_processes > 1:
+        raise UserError(f"mesh.sampler_devices={sampler_devices}: {TPU_HOSTS_REFUSAL}")
+
+
+def check_cpu_concurrency(sampler: list, trainer: list, cores: int | None = None) -> None:
+    """A UserError for a split of several CPU processes whose two groups could hold more
+    device programs at once than XLA:CPU runs at once in a process.
+
+    XLA:CPU runs each device's part of a program on a pool of workers, one per core. With
+    two dispatch threads the processes start the two groups' programs in different
+    orders, and a process whose workers all wait in one group's collective never starts
+    the other group's part that another process waits for (measured: 2 processes x 2+2
+    devices on 2 cores hang in gloo; 1+1 run side by side). TPUs and GPUs run each
+    device's programs on that device, so the rule is for CPU meshes only."""
+    if sampler is trainer or sampler[0].platform != "cpu":
+        return
+    hosts = by_process(sampler + trainer)
+    if len(hosts) == 1:
+        return
+    cores = cores or len(os.sched_getaffinity(0))
+    local = len(hosts[sampler[0].process_index])
+    if local > cores:
+        raise UserError(f"mesh.sampler_devices={len(sampler)}: with several CPU processes each process runs both "
+                        f"groups' programs at once, and its {local} devices are more than its {cores} cores can run "
+                        f"at once (they would wait on each other); give each process at most {cores} host devices "
+                        "(--xla_force_host_platform_device_count)")
+
+
+def check_host_local_trainer(shape: dict, trainer_local: int, num_processes: int) -> None:
+    """A UserError for a split of several processes whose trainer mesh would split the params
+    across hosts: each host copies its own whole replica to its sampler devices."""
+    if num_processes > 1 and shape["fsdp"] * shape["tp"] > trainer_local:
+        raise UserError(f"mesh.shape fsdp*tp={shape['fsdp'] * shape['tp']} splits the params across hosts, but with "
+                        "mesh.sampler_devices on several hosts each host's trainer devices hold whole params (it copies "
+                        f"them to its own sampler devices); use fsdp*tp <= {trainer_local} (dp across hosts) or "
+                        "mesh.shape auto")
 
 
 def trainer_device_count(sampler_devices: int, device_count: int) -> int:
@@ -54,15 +125,30 @@ def derive_trainer_batch(cfg, num_processes: int, device_count: int):
     return cfg.derive(num_processes, trainer_device_count(cfg.mesh.sampler_devices, device_count))
 
 
-def split_meshes(sampler: list, trainer: list, trainer_shape: dict, sampler_shape: dict):
+def split_meshes(sampler: list, trainer: list, trainer_shape: dict | None, sampler_shape: dict | None):
     """(trainer mesh, sampler mesh) of a split (the two device lists of `split_devices`):
-    each group's mesh over its own devices. On a TPU slice a mesh needs its chips to form a
-    block of the chip grid; a split whose groups do not is a UserError."""
+    each group's mesh over its own devices. In one process, on a TPU slice, a mesh needs
+    its chips to form a block of the chip grid; a split whose groups do not is a
+    UserError. A group of several processes is laid out host by host (dp across hosts,
+    each host's devices in chip order), as `split_devices` chose them."""
     from grpo_core.sharding import make_mesh
 
+    hosts = len(by_process(sampler))
+    check_tpu_hosts(len(sampler), sampler[0].platform, hosts)
+    if hosts > 1:
+        return host_major_mesh(trainer_shape, trainer), host_major_mesh(sampler_shape, sampler)
     try:
         return make_mesh(trainer_shape, trainer), make_mesh(sampler_shape, sampler)
     except AssertionError:  # jax's mesh_utils: the devices are not a block of the physical grid
         raise UserError(f"mesh.sampler_devices={len(sampler)}: the first {len(sampler)} chips and the other "
                         f"{len(trainer)} do not both form a block of the slice's chip grid, so no mesh can be built "
                         "on them; choose a split whose two groups are blocks (e.g. half the chips)") from None
+
+
+def host_major_mesh(shape: dict | None, devices: list):
+    """A mesh of `shape` over `devices` in the order given (host by host)."""
+    from jax.sharding import Mesh
+
+    from grpo_core.sharding import MESH_AXES, mesh_sizes
+
+    return Mesh(np.asarray(devices, dtype=object).reshape(mesh_sizes(shape, len(devices))), MESH_AXES)

@@ -30,7 +30,7 @@ from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml
 from schemas.model import base_dtype
 from schemas.run import RunConfig
-from tasks.device_groups import split_devices, split_meshes
+from tasks.device_groups import check_cpu_concurrency, check_host_local_trainer, split_devices, split_meshes
 from tasks.dispatch import DispatchOwner, GroupThread
 from tasks.faults import maybe_inject_fault
 from tasks.host import keep_freed_memory
@@ -56,8 +56,11 @@ class TrainSession(RunPlan):
         trainer_shape = mesh_shape(cfg, self.num_processes, len(trainer_devices) // self.num_processes)
         sampler_local = len(sampler_devices) // self.num_processes
         if self.split:
+            check_cpu_concurrency(sampler_devices, trainer_devices)
             self.mesh, sampler_mesh = split_meshes(sampler_devices, trainer_devices, trainer_shape,
                                                    auto_mesh_shape(self.num_processes, sampler_local))
+            check_host_local_trainer(dict(self.mesh.shape), len(trainer_devices) // self.num_processes,
+                                     self.num_processes)
         else:
             self.mesh = sampler_mesh = make_mesh(trainer_shape, trainer_devices)
         compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir, self.mesh))  # before the first compile

@@ -28,11 +28,12 @@ def train(args: argparse.Namespace) -> int:
 
     import jax
 
-    from tasks.device_groups import split_devices
+    from tasks.device_groups import check_cpu_concurrency, split_devices
     from tasks.distributed import initialize_processes
 
     initialize_processes(cfg.mesh)
-    trainer = split_devices(cfg.mesh.sampler_devices)[1]
+    sampler, trainer = split_devices(cfg.mesh.sampler_devices)
+    check_cpu_concurrency(sampler, trainer)
     cfg.derive(jax.process_count(), len(trainer))  # batch and split errors before any Prefect start-up
     run_dir = writable_dir(Path(args.run_dir) if args.run_dir else default_run_dir(args.config), "--run-dir")
     if jax.process_index() > 0:

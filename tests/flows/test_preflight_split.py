@@ -87,8 +87,12 @@ def test_a_split_leaving_no_trainer_is_one_sentence_exit_2():
         assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1 and out.stdout == ""
     out = grpo("print-config", "--config", CFG_3B, "--devices", "8", "--set", "mesh.sampler_devices=9")
     assert out.returncode == 2 and "mesh.sampler_devices=9 leaves none of the 8 devices" in out.stderr
-    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "mesh.sampler_devices=4")
-    assert out.returncode == 2 and "needs a single-process run" in out.stderr and "Traceback" not in out.stderr
+    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "mesh.sampler_devices=6")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "mesh.sampler_devices=6 is not a multiple of the 4 processes" in out.stderr, out.stderr
+    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "mesh.sampler_devices=8")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert "mesh.sampler_devices=8: a split of a TPU slice of several hosts is not supported yet" in out.stderr
 
 
 def test_best_split_is_named_by_memory_for_staleness_1():
@@ -112,7 +116,8 @@ def test_best_split_is_named_by_memory_for_staleness_1():
 
     assert "best split" not in grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-8").stdout
     multi = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "rollout.max_staleness=1")
-    assert "best split on v6e-16: none; a split needs a single-process run" in multi.stdout
+    assert multi.returncode == 0 and multi.stdout.splitlines()[-1] == (
+        "best split on v6e-16: none; a split of a TPU slice of several hosts is not supported yet")
 
 
 def test_compile_check_builds_each_groups_mesh_on_its_own_part_of_the_slice():
@@ -157,3 +162,18 @@ def test_compile_check_compiles_each_group_for_its_own_chips_of_v6e_8():
         split_meshes(devices[:3], devices[3:], {"fsdp": 5}, {"fsdp": 3})
     trainer_mesh, sampler_mesh = split_meshes(devices[:4], devices[4:], {"fsdp": 4}, {"fsdp": 4})
     assert {d.id for d in sampler_mesh.devices.flat} == {d.id for d in devices[:4]}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (pip install -e '.[tpu]')")
+def test_a_split_of_a_multi_host_tpu_slice_is_one_sentence_at_run_time():
+    # v6e-16: 4 hosts of 2x2 chips. Each host would give 2 chips to sampling (as on CPU
+    # processes), groups libtpu 0.0.42.1 aborts compiling; the run's meshes refuse them.
+    from flows import compile_check
+    from tasks.device_groups import split_devices, split_meshes
+
+    devices = compile_check.slice_devices(get_accelerator("v6e-16"))
+    sampler, trainer = split_devices(8, devices)
+    assert sorted(d.process_index for d in sampler) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert not {d.id for d in sampler} & {d.id for d in trainer}
+    with pytest.raises(UserError, match="mesh.sampler_devices=8: a split of a TPU slice of several hosts"):
+        split_meshes(sampler, trainer, {"dp": 4, "fsdp": 2, "tp": 1}, {"dp": 4, "fsdp": 2, "tp": 1})

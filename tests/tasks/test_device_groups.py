@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from grpo_core.errors import UserError
-from tasks.device_groups import split_devices
+from tasks.device_groups import check_cpu_concurrency, check_host_local_trainer, split_devices
 from tasks.dispatch import GroupThread, WrongDispatchThread
 
 
@@ -24,10 +24,33 @@ def test_the_first_devices_sample_and_the_rest_train():
     assert [d.id for d in sampler] == [0, 1, 2] and [d.id for d in trainer] == [3, 4, 5, 6, 7]
 
 
-@pytest.mark.parametrize("n,hosts,match", [(4, 1, "leaves none"), (9, 1, "leaves none"), (2, 2, "single-process")])
-def test_a_split_without_trainer_devices_or_over_several_hosts_is_refused(n, hosts, match):
+@pytest.mark.parametrize("n,hosts,match", [(4, 1, "leaves none"), (9, 1, "leaves none"),
+                                           (3, 2, "not a multiple of the 2 processes")])
+def test_a_split_without_trainer_devices_or_with_unequal_hosts_is_refused(n, hosts, match):
     with pytest.raises(UserError, match=f"mesh.sampler_devices={n} .*{match}"):
         split_devices(n, fake_devices(hosts, 4 // hosts))
+
+
+def test_on_several_hosts_each_host_gives_the_same_share_of_its_own_devices():
+    sampler, trainer = split_devices(4, fake_devices(2, 4))
+    assert [(d.process_index, d.id) for d in sampler] == [(0, 0), (0, 1), (1, 4), (1, 5)]
+    assert [(d.process_index, d.id) for d in trainer] == [(0, 2), (0, 3), (1, 6), (1, 7)]
+
+
+def test_cpu_processes_with_more_devices_than_cores_are_refused():
+    devices = [SimpleNamespace(id=i, process_index=i // 4, platform="cpu") for i in range(8)]
+    sampler, trainer = split_devices(4, devices)
+    with pytest.raises(UserError, match="4 devices are more than its 2 cores"):
+        check_cpu_concurrency(sampler, trainer, cores=2)
+    check_cpu_concurrency(sampler, trainer, cores=4)  # one worker per device
+    one_host = [SimpleNamespace(id=i, process_index=0, platform="cpu") for i in range(8)]
+    check_cpu_concurrency(*split_devices(4, one_host), cores=2)  # one process: in-process collectives
+
+
+def test_a_trainer_mesh_that_splits_params_across_hosts_is_refused_for_a_split():
+    with pytest.raises(UserError, match="fsdp\\*tp=4 splits the params across hosts"):
+        check_host_local_trainer({"dp": 1, "fsdp": 4, "tp": 1}, trainer_local=2, num_processes=2)
+    check_host_local_trainer({"dp": 2, "fsdp": 2, "tp": 1}, trainer_local=2, num_processes=2)
 
 
 def test_the_group_thread_owns_its_programs_and_runs_calls_in_order():
