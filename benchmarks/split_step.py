@@ -186,7 +186,7 @@ def report_rows(rows: list[dict]) -> str:
         base = sync.get((row["config"], row["slice"]))
         kind = "split" if split else "synchronous"
         if split and row.get("hosts", 1) > 1:
-            kind += " (one process; `grpo train` refuses it on several hosts)"
+            kind += " (as one process; see below)"
         publish = f"{1e3 * row['publish_bytes_per_sampler_chip'] / _rate(row['slice'])['ici']:.1f}" if split and \
             "publish_bytes_per_sampler_chip" in row else "-"
         xla = " / ".join(f"{row[f'{p}_xla_bytes'] / GIB:.2f}" if f"{p}_xla_bytes" in row else "error"

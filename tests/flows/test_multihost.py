@@ -148,3 +148,49 @@ def test_lora_on_two_processes_matches_one_process(tmp_path):
         assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
         assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
     assert any(abs(m["loss"]) > 0 for m in got), "the adapters must actually train"
+
+
+def split_config(tmp_path: Path) -> Path:
+    from train_helpers import write_tiny_config
+
+    return write_tiny_config(tmp_path / "split.yaml", "multi-host split test config",
+                             train={"steps": 3, "ppo_epochs": 2},
+                             rollout={"max_staleness": 1, "batch_size": 8, "n": 4, "max_new_tokens": 128},
+                             mesh={"sampler_devices": 2})
+
+
+def test_a_split_over_two_processes_overlaps_matches_one_process_and_resumes(tmp_path):
+    """mesh.sampler_devices=2 on 2 processes x 2 devices: each process gives one device to
+    sampling and one to training (as many devices as this 2-core machine runs at once). The
+    rollout of step k+1 runs beside the update of step k; the run samples what one process
+    with the same split samples; kill -9 of one process, restart of both: the same params."""
+    from test_device_split import overlapping_steps
+
+    config = split_config(tmp_path)
+    assert launch(config, tmp_path / "one", devices=4).wait(timeout=1500) == 0
+    assert wait_all(run_two(config, tmp_path / "two")) == [0, 0], (tmp_path / "two-p0.log").read_text()[-3000:]
+    expected, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["rollout_params_version"] for m in got] == [0, 0, 1]
+    assert all(m["weights_reshard_seconds"] > 0 for m in got)  # each host copied its params across
+    for ours, ref in zip(got, expected):
+        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
+        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
+    assert overlapping_steps(got), [{k: v for k, v in m.items() if "busy" in k} for m in got]
+
+    run_dir = tmp_path / "killed"
+    procs = run_two(config, run_dir)
+    deadline = time.time() + 1200
+    while not (run_dir / "steps" / "step-000001" / "advantage.p1of2.parquet").exists():
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    try:  # the survivor waits for its dead peer (a collective or the key-value store)
+        procs[0].wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+    wait_all(procs)
+    assert wait_all(run_two(config, run_dir)) == [0, 0], (tmp_path / "killed-p0.log").read_text()[-3000:]
+    sha = json.loads((run_dir / "summary.json").read_text())["params_sha256"]
+    assert sha == json.loads((tmp_path / "two" / "summary.json").read_text())["params_sha256"]
