@@ -22,8 +22,8 @@ of a real time; the ratio between the two steps is the figure to read.
     publish          = the sampler's copy of the weights one sampler chip receives, over ICI
 
 Host work (reward, advantage, Prefect) is left out of both. A split of a slice of several
-hosts is predicted as if one process drove it: `grpo train` refuses such a split today
-(tasks/device_groups.py), and the table says so.
+hosts is the one `grpo train` makes: each host gives the same share of its chips to each
+group, the two groups slabs of the chip torus (tasks/device_groups.py).
 
     python -m benchmarks.split_step run [--config FILE ...] [--slices v6e-8,v6e-16]
         [--splits half|all|S,...] [--jsonl FILE]      one child process per program set
@@ -32,7 +32,6 @@ hosts is predicted as if one process drove it: `grpo train` refuses such a split
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -57,9 +56,7 @@ def measure(config: str, slice_name: str, sampler_devices: str) -> dict:
     overrides = [f"mesh.sampler_devices={split}", "rollout.max_staleness=1"] if split else []
     cfg = load_run_config(config, overrides)
     acc = get_accelerator(slice_name)
-    hosts = acc.hosts
-    if split:  # predicted as one process driving the slice (grpo train refuses a split over several hosts)
-        acc = dataclasses.replace(acc, hosts=1)
+    hosts = acc.hosts  # several: each host gives split / hosts of its chips (tasks/device_groups.py)
     built = phase_programs(cfg, acc)
     row = {"config": config, "slice": slice_name, "hosts": hosts, "sampler_devices": split,
            "trainer_devices": acc.chips - split if split else acc.chips, "sampler_chips": split or acc.chips,
@@ -186,7 +183,8 @@ def report_rows(rows: list[dict]) -> str:
         base = sync.get((row["config"], row["slice"]))
         kind = "split" if split else "synchronous"
         if split and row.get("hosts", 1) > 1:
-            kind += " (as one process; see below)"
+            per_host, chips = row["sampler_devices"] // row["hosts"], row["sampler_devices"] + row["trainer_devices"]
+            kind += f" ({per_host} of each host's {chips // row['hosts']})"
         publish = f"{1e3 * row['publish_bytes_per_sampler_chip'] / _rate(row['slice'])['ici']:.1f}" if split and \
             "publish_bytes_per_sampler_chip" in row else "-"
         xla = " / ".join(f"{row[f'{p}_xla_bytes'] / GIB:.2f}" if f"{p}_xla_bytes" in row else "error"

@@ -20,7 +20,7 @@ from grpo_core.models.config import PRESETS, ModelConfig
 from schemas.loading import apply_override, parse_override
 from schemas.model import base_dtype
 from schemas.run import DerivedBatch, RunConfig
-from tasks.device_groups import TPU_HOSTS_REFUSAL, check_tpu_hosts, derive_trainer_batch
+from tasks.device_groups import derive_trainer_batch, grid_chips, split_devices
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 # Pullable chat models -> the preset holding their architecture.
@@ -141,8 +141,10 @@ def build_group_workloads(cfg: RunConfig, accelerator: Accelerator) -> tuple[Wor
     resharded onto fsdp over them in the weights layout the run resolves on the trainer's
     chips."""
     sampler_chips = cfg.mesh.sampler_devices
+    if sampler_chips and accelerator.hosts > 1 and accelerator.kind == "tpu":  # chips the run could give
+        grid = tuple(int(n) for n in accelerator.topology.split(":")[1].split("x"))
+        split_devices(sampler_chips, grid_chips(grid, accelerator.host_bounds))
     derived = derive_trainer_batch(cfg, accelerator.hosts, accelerator.chips)  # the split's refusals
-    check_tpu_hosts(sampler_chips, accelerator.kind, accelerator.hosts)
     if not sampler_chips:
         return build_workload(cfg, accelerator)[0], None, derived
     trainer, _ = build_workload(cfg, dataclasses.replace(accelerator, chips=accelerator.chips - sampler_chips))
@@ -180,8 +182,6 @@ def best_split(cfg: RunConfig, accelerator: Accelerator) -> str:
     the most headroom (on several hosts: every host gives the same number of its chips).
     Chosen by memory: no step-time model of the two groups backs it."""
     acc = accelerator
-    if acc.kind == "tpu" and acc.hosts > 1:
-        return f"best split on {acc.name}: none; {TPU_HOSTS_REFUSAL.split(': ')[0]}"
     best, step = None, acc.hosts if acc.hosts > 1 else _grid_row(acc)
     for chips in range(step, acc.chips, step):
         try:
@@ -194,8 +194,8 @@ def best_split(cfg: RunConfig, accelerator: Accelerator) -> str:
     if best is None:
         return (f"best split on {acc.name}: none; no mesh.sampler_devices from {step} to {acc.chips - step} "
                 f"(in steps of {step}) fits both groups")
-    per_host = f", {chips // acc.hosts} of each host's {acc.chips // acc.hosts}" if acc.hosts > 1 else ""
     chips, headroom = best
+    per_host = f", {chips // acc.hosts} of each host's {acc.chips // acc.hosts}" if acc.hosts > 1 else ""
     return (f"best split on {acc.name}: mesh.sampler_devices={chips} (sampler {chips} chips{per_host}, trainer "
             f"{acc.chips - chips}); chosen by memory, not by time: of the splits where both groups fit, the one "
             f"whose fuller group keeps the most headroom ({headroom / GIB:.2f} GiB per device)")

@@ -45,8 +45,54 @@ def split_devices(sampler_devices: int, devices=None) -> tuple[list, list]:
     if len(hosts) == 1:
         return devices[:sampler_devices], devices[sampler_devices:]
     per_host = sampler_devices // len(hosts)
-    local = [sorted(ds, key=_chip_order) for ds in hosts.values()]
-    return [d for ds in local for d in ds[:per_host]], [d for ds in local for d in ds[per_host:]]
+    if getattr(devices[0], "coords", None) is None:  # no chip grid (CPU): each host's first devices
+        local = [sorted(ds, key=_chip_order) for ds in hosts.values()]
+        return [d for ds in local for d in ds[:per_host]], [d for ds in local for d in ds[per_host:]]
+    sampler = torus_slab(devices, per_host)
+    if sampler is None:
+        raise UserError(f"mesh.sampler_devices={sampler_devices}: no slab of the slice's chip grid holds "
+                        f"{per_host} chips of every host, so the two groups cannot both be blocks of the grid; "
+                        "use a multiple of the process count whose share per host is a whole row or column of "
+                        "its chips (e.g. half of them), or 0 for no split")
+    chosen = {d.id for d in sampler}
+    return ([d for ds in hosts.values() for d in sorted(ds, key=_chip_order) if d.id in chosen],
+            [d for ds in hosts.values() for d in sorted(ds, key=_chip_order) if d.id not in chosen])
+
+
+def grid_chips(grid: tuple[int, ...], host_bounds: tuple[int, ...]) -> list:
+    """Stand-ins for a TPU slice's chips (id, coords, process_index) from its grid ("4x4")
+    and the chips per host along each axis, in jax's order (host by host): what
+    `split_devices` needs to decide a split for a slice that is not here (grpo preflight)."""
+    from types import SimpleNamespace
+
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    host_grid = [g // b for g, b in zip(grid, host_bounds)]
+    chips = []
+    for x, y, z in _coords(grid):
+        host = (x // host_bounds[0]) + host_grid[0] * ((y // host_bounds[1]) + host_grid[1] * (z // host_bounds[2]))
+        chips.append(SimpleNamespace(id=len(chips), coords=(x, y, z), process_index=host, platform="tpu"))
+    return sorted(chips, key=lambda c: (c.process_index, c.id))
+
+
+def _coords(grid):
+    return [(x, y, z) for z in range(grid[2]) for y in range(grid[1]) for x in range(grid[0])]
+
+
+def torus_slab(devices: list, per_host: int) -> list | None:
+    """The chips of a slab of the chip grid (a run of whole planes along one axis, which
+    may wrap around the torus) holding `per_host` chips of every host, or None. The rest
+    of the grid is then a slab too, so both groups are blocks of the torus: what libtpu
+    compiles a program of several hosts for (rows 1-2 and rows 3,0 of v6e-16's 4x4 grid
+    compile; rows 0 and 2 abort its compiler)."""
+    dims = [max(d.coords[a] for d in devices) + 1 for a in range(len(devices[0].coords))]
+    hosts = by_process(devices)
+    for axis, size in enumerate(dims):
+        for width in range(1, size):
+            for start in range(size):
+                slab = [d for d in devices if (d.coords[axis] - start) % size < width]
+                if all(sum(d.process_index == h for d in slab) == per_host for h in hosts):
+                    return slab
+    return None
 
 
 def _chip_order(device):
@@ -65,17 +111,6 @@ def check_split(sampler_devices: int, device_count: int, num_processes: int = 1)
         raise UserError(f"mesh.sampler_devices={sampler_devices} is not a multiple of the {num_processes} processes "
                         "(every host gives the same number of its devices to sampling); use a multiple of "
                         f"{num_processes}, e.g. {num_processes * max(1, sampler_devices // num_processes)}")
-
-
-TPU_HOSTS_REFUSAL = ("a split of a TPU slice of several hosts is not supported yet: each host would give part of its "
-                     "chips to each group, and libtpu (0.0.42.1) aborts compiling such groups (v6e-16 with 2 of each "
-                     "host's 4 chips); set mesh.sampler_devices to 0 there")
-
-
-def check_tpu_hosts(sampler_devices: int, platform: str, num_processes: int) -> None:
-    """A UserError for a split on a TPU slice of several hosts (TPU_HOSTS_REFUSAL)."""
-    if sampler_devices and platform == "tpu" and num_processes > 1:
-        raise UserError(f"mesh.sampler_devices={sampler_devices}: {TPU_HOSTS_REFUSAL}")
 
 
 def check_cpu_concurrency(sampler: list, trainer: list, cores: int | None = None) -> None:
@@ -133,9 +168,7 @@ def split_meshes(sampler: list, trainer: list, trainer_shape: dict | None, sampl
     each host's devices in chip order), as `split_devices` chose them."""
     from grpo_core.sharding import make_mesh
 
-    hosts = len(by_process(sampler))
-    check_tpu_hosts(len(sampler), sampler[0].platform, hosts)
-    if hosts > 1:
+    if len(by_process(sampler)) > 1:
         return host_major_mesh(trainer_shape, trainer), host_major_mesh(sampler_shape, sampler)
     try:
         return make_mesh(trainer_shape, trainer), make_mesh(sampler_shape, sampler)

@@ -90,9 +90,9 @@ def test_a_split_leaving_no_trainer_is_one_sentence_exit_2():
     out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "mesh.sampler_devices=6")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "mesh.sampler_devices=6 is not a multiple of the 4 processes" in out.stderr, out.stderr
-    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "mesh.sampler_devices=8")
+    out = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "mesh.sampler_devices=4")
     assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
-    assert "mesh.sampler_devices=8: a split of a TPU slice of several hosts is not supported yet" in out.stderr
+    assert "mesh.sampler_devices=4: no slab of the slice's chip grid holds 1 chips of every host" in out.stderr
 
 
 def test_best_split_is_named_by_memory_for_staleness_1():
@@ -116,8 +116,9 @@ def test_best_split_is_named_by_memory_for_staleness_1():
 
     assert "best split" not in grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-8").stdout
     multi = grpo("preflight", "--config", CFG_3B, "--tpu", "v6e-16", "--set", "rollout.max_staleness=1")
-    assert multi.returncode == 0 and multi.stdout.splitlines()[-1] == (
-        "best split on v6e-16: none; a split of a TPU slice of several hosts is not supported yet")
+    line = multi.stdout.splitlines()[-1]
+    assert multi.returncode == 0 and line.startswith("best split on v6e-16: mesh.sampler_devices=8 "), multi.stdout
+    assert "(sampler 8 chips, 2 of each host's 4, trainer 8)" in line  # the only share v6e-16's grid allows
 
 
 def test_compile_check_builds_each_groups_mesh_on_its_own_part_of_the_slice():
@@ -165,15 +166,26 @@ def test_compile_check_compiles_each_group_for_its_own_chips_of_v6e_8():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (pip install -e '.[tpu]')")
-def test_a_split_of_a_multi_host_tpu_slice_is_one_sentence_at_run_time():
-    # v6e-16: 4 hosts of 2x2 chips. Each host would give 2 chips to sampling (as on CPU
-    # processes), groups libtpu 0.0.42.1 aborts compiling; the run's meshes refuse them.
+def test_a_split_of_v6e_16_gives_each_host_half_its_chips_in_two_torus_slabs_and_compiles():
+    # v6e-16: 4 hosts of 2x2 chips on a 4x4 grid. Each host gives 2 chips to sampling; the
+    # samplers are columns 1-2 and the trainers columns 3 and 0 (a slab across the torus's
+    # wrap-around), each group dp across the hosts, so no fsdp or tp group leaves a host.
     from flows import compile_check
-    from tasks.device_groups import split_devices, split_meshes
+    from flows.preflight import resolve_model_config
+    from tasks.device_groups import grid_chips
+    from train_helpers import tiny_config
 
-    devices = compile_check.slice_devices(get_accelerator("v6e-16"))
-    sampler, trainer = split_devices(8, devices)
-    assert sorted(d.process_index for d in sampler) == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert not {d.id for d in sampler} & {d.id for d in trainer}
-    with pytest.raises(UserError, match="mesh.sampler_devices=8: a split of a TPU slice of several hosts"):
-        split_meshes(sampler, trainer, {"dp": 4, "fsdp": 2, "tp": 1}, {"dp": 4, "fsdp": 2, "tp": 1})
+    acc = get_accelerator("v6e-16")
+    devices = compile_check.slice_devices(acc)
+    assert [(tuple(d.coords), d.process_index) for d in devices] == [
+        (c.coords, c.process_index) for c in grid_chips((4, 4), acc.host_bounds)]  # what preflight decides on
+    cfg = tiny_config("rollout.batch_size=16", "rollout.n=2", "model.dtype=bfloat16", "mesh.sampler_devices=8",
+                      "rollout.max_staleness=1")
+    mesh, gen = compile_check.group_meshes(cfg, acc, devices, resolve_model_config(cfg.model.name_or_path))
+    assert {d.coords[0] for d in gen.devices.flat} == {1, 2} and {d.coords[0] for d in mesh.devices.flat} == {0, 3}
+    for group in (mesh, gen):
+        rows = group.devices.reshape(group.shape["dp"], -1)
+        assert [len({d.process_index for d in row}) for row in rows] == [1] * len(rows)  # no row leaves a host
+        assert sorted(d.process_index for d in group.devices.flat) == [0, 0, 1, 1, 2, 2, 3, 3]
+    compiled = compile_check.compile_config(cfg, acc, ("rollout", "update"))
+    assert all(r.error is None and r.xla_bytes > 0 for r in compiled.values()), compiled

@@ -66,3 +66,18 @@ def test_the_group_thread_owns_its_programs_and_runs_calls_in_order():
             group.owner.check("rollout")  # this thread does not own the group
     finally:
         group.close()
+
+
+def test_a_tpu_slice_of_several_hosts_splits_into_two_slabs_of_its_torus():
+    from tasks.device_groups import grid_chips
+
+    v6e_16 = grid_chips((4, 4), (2, 2, 1))  # 4 hosts of 2x2 chips
+    sampler, trainer = split_devices(8, v6e_16)
+    assert {c.coords[0] for c in sampler} == {1, 2} and {c.coords[0] for c in trainer} == {3, 0}
+    assert [c.process_index for c in sampler] == [0, 0, 1, 1, 2, 2, 3, 3]  # host by host
+    with pytest.raises(UserError, match="mesh.sampler_devices=4: no slab .* holds 1 chips of every host"):
+        split_devices(4, v6e_16)  # one chip per host: the groups cannot both be blocks
+    sampler, _ = split_devices(16, grid_chips((4, 8), (2, 2, 1)))  # v6e-32: 8 hosts
+    assert {c.coords[0] for c in sampler} == {1, 2}
+    with pytest.raises(UserError, match="no slab"):
+        split_devices(32, grid_chips((8, 8), (2, 2, 1)))  # 4 hosts along each axis: no slab holds 2 of each
