@@ -36,7 +36,8 @@ def measure(config: str, slice_name: str) -> dict:
     from grpo_core.phases import update_width
     from grpo_core.sharding import make_mesh
     from schemas import load_run_config
-    from tasks.session import make_trainer, mesh_shape
+    from tasks.device_groups import mesh_shape
+    from tasks.session import make_trainer
 
     require_libtpu()
     use_compile_only_tpu()

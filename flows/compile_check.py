@@ -182,22 +182,14 @@ def group_meshes(cfg: RunConfig, acc: Accelerator, devices: list, model_cfg):
     a split both are every chip, the samplers' in the generation layout."""
     from flows.preflight import build_group_workloads
     from grpo_core.layouts import generation_mesh
-    from grpo_core.sharding import make_mesh
-    from tasks.device_groups import check_host_local_trainer, split_devices, split_meshes
-    from tasks.session import auto_mesh_shape, mesh_shape
+    from tasks.device_groups import split_devices
+    from tasks.device_groups import run_meshes
 
-    split = cfg.mesh.sampler_devices
+    split, hosts = cfg.mesh.sampler_devices, acc.hosts
     layout = build_group_workloads(cfg, acc)[1 if split else 0].weights_layout  # a split's refusals, for acc
-    if not split:
-        mesh = make_mesh(mesh_shape(cfg, acc.hosts, len(devices) // acc.hosts), devices)
-        return mesh, generation_mesh(mesh, layout, model_cfg, acc.chips // acc.hosts)
-    sampler_devices, trainer_devices = split_devices(split, devices)
-    hosts = acc.hosts
-    mesh, sampler_mesh = split_meshes(sampler_devices, trainer_devices,
-                                      mesh_shape(cfg, hosts, len(trainer_devices) // hosts),
-                                      auto_mesh_shape(hosts, len(sampler_devices) // hosts))
-    check_host_local_trainer(dict(mesh.shape), len(trainer_devices) // hosts, hosts)
-    return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler_devices) // hosts)
+    sampler, trainer = split_devices(split, devices)
+    mesh, sampler_mesh = run_meshes(cfg, hosts, sampler, trainer)
+    return mesh, generation_mesh(sampler_mesh, layout, model_cfg, len(sampler) // hosts)
 
 
 def _update_state(cfg: RunConfig, model_cfg, mesh, dtype, grad_accum_steps: int):

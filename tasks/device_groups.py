@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from grpo_core.errors import UserError
+from tasks.multihost import auto_mesh_shape, warn_if_fsdp_spans_hosts
 
 
 def by_process(devices) -> dict[int, list]:
@@ -185,3 +186,28 @@ def host_major_mesh(shape: dict | None, devices: list):
     from grpo_core.sharding import MESH_AXES, mesh_sizes
 
     return Mesh(np.asarray(devices, dtype=object).reshape(mesh_sizes(shape, len(devices))), MESH_AXES)
+
+
+def run_meshes(cfg, hosts: int, sampler: list, trainer: list):
+    """(the update's mesh, the sampler group's mesh) over the two device lists of
+    `split_devices` (the same list twice with no split): what a run trains and samples on,
+    and what `grpo preflight --compile` compiles for a slice's chips."""
+    from grpo_core.sharding import make_mesh
+
+    trainer_shape = mesh_shape(cfg, hosts, len(trainer) // hosts)
+    if sampler is trainer:
+        mesh = make_mesh(trainer_shape, trainer)
+        return mesh, mesh
+    check_cpu_concurrency(sampler, trainer)
+    mesh, sampler_mesh = split_meshes(sampler, trainer, trainer_shape, auto_mesh_shape(hosts, len(sampler) // hosts))
+    check_host_local_trainer(dict(mesh.shape), len(trainer) // hosts, hosts)
+    return mesh, sampler_mesh
+
+
+def mesh_shape(cfg, num_processes: int, local_devices: int) -> dict | None:
+    """The run's mesh axes: mesh.shape=auto is dp over processes, fsdp over each one's devices."""
+    if cfg.mesh.shape == "auto":
+        return auto_mesh_shape(num_processes, local_devices)
+    shape = cfg.mesh.shape.model_dump()
+    warn_if_fsdp_spans_hosts(shape, local_devices)
+    return shape

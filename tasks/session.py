@@ -25,17 +25,16 @@ from grpo_core.accelerators import Accelerator, tpu_generation
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
 from grpo_core.sampling import sampler_prompt_width
-from grpo_core.sharding import make_mesh
 from grpo_core.train_step import Trainer
 from schemas.loading import config_to_yaml
 from schemas.model import base_dtype
 from schemas.run import RunConfig
-from tasks.device_groups import check_cpu_concurrency, check_host_local_trainer, split_devices, split_meshes
+from tasks.device_groups import run_meshes, split_devices
 from tasks.dispatch import DispatchOwner, GroupThread
 from tasks.faults import maybe_inject_fault
 from tasks.host import keep_freed_memory
 from tasks.model_source import resolve_model
-from tasks.multihost import auto_mesh_shape, global_max, warn_if_fsdp_spans_hosts
+from tasks.multihost import global_max
 from tasks.run_dir import RunLock, RunPlan, check_same_run
 
 _SESSIONS: dict[str, "TrainSession"] = {}
@@ -53,16 +52,8 @@ class TrainSession(RunPlan):
         self.dispatch = DispatchOwner()  # the thread that opens the session dispatches its programs
         sampler_devices, trainer_devices = split_devices(cfg.mesh.sampler_devices)
         self.split = sampler_devices is not trainer_devices  # tasks/device_groups.py
-        trainer_shape = mesh_shape(cfg, self.num_processes, len(trainer_devices) // self.num_processes)
         sampler_local = len(sampler_devices) // self.num_processes
-        if self.split:
-            check_cpu_concurrency(sampler_devices, trainer_devices)
-            self.mesh, sampler_mesh = split_meshes(sampler_devices, trainer_devices, trainer_shape,
-                                                   auto_mesh_shape(self.num_processes, sampler_local))
-            check_host_local_trainer(dict(self.mesh.shape), len(trainer_devices) // self.num_processes,
-                                     self.num_processes)
-        else:
-            self.mesh = sampler_mesh = make_mesh(trainer_shape, trainer_devices)
+        self.mesh, sampler_mesh = run_meshes(cfg, self.num_processes, sampler_devices, trainer_devices)
         compiles.use_cache_dir(compilation_cache_dir(cfg, run_dir, self.mesh))  # before the first compile
         self.lora = lora_lib.spec_from_config(cfg.model.lora)
         model = resolve_model(lora_model_section(cfg.model, self.mesh), cfg.train.seed, self.mesh,
@@ -414,15 +405,6 @@ def resolve_weights_layout(cfg: RunConfig, mesh) -> str:
     here = Accelerator("this machine", "tpu" if tpu else "gpu", mesh.size, jax.process_count(), limit / 2**30,
                        topology=f"{tpu_generation(device.device_kind)}:" if tpu else "")
     return build_workload(cfg, here)[0].weights_layout
-
-
-def mesh_shape(cfg: RunConfig, num_processes: int, local_devices: int) -> dict | None:
-    """The run's mesh axes: mesh.shape=auto is dp over processes, fsdp over each one's devices."""
-    if cfg.mesh.shape == "auto":
-        return auto_mesh_shape(num_processes, local_devices)
-    shape = cfg.mesh.shape.model_dump()
-    warn_if_fsdp_spans_hosts(shape, local_devices)
-    return shape
 
 
 class NonFiniteLoss(UserError):
