@@ -132,6 +132,34 @@ def place(tree, shardings):
     return jax.tree.unflatten(jax.tree.structure(tree), placed)
 
 
+def host_replicas(tree):
+    """`tree` (NamedSharding leaves on one mesh) with every leaf whole on each process: the
+    leaves sharded across processes are resharded, within the same devices, onto the mesh's
+    devices laid out host by host (dp across hosts, the leaf's own spec inside each host).
+    One program of the trainer group, before a split's host-by-host copy (`place`); a
+    no-op for leaves already whole on every process."""
+    def whole_on_each_host(x):
+        try:
+            _host_part(x.sharding, x.shape)
+            return True
+        except ValueError:
+            return False
+
+    leaves = jax.tree.leaves(tree)
+    if all(x.is_fully_addressable or whole_on_each_host(x) for x in leaves):
+        return tree
+    mesh = leaves[0].sharding.mesh
+    hosts: dict[int, list] = {}
+    for d in mesh.devices.flat:
+        hosts.setdefault(d.process_index, []).append(d)
+    local, tp = len(next(iter(hosts.values()))), mesh.shape["tp"]
+    if local % tp:
+        raise ValueError(f"tp={tp} does not divide the {local} devices each process has of mesh {dict(mesh.shape)}")
+    grid = np.asarray([d for _, ds in sorted(hosts.items()) for d in ds], dtype=object)
+    by_host = Mesh(grid.reshape(len(hosts), local // tp, tp), MESH_AXES)
+    return jax.device_put(tree, jax.tree.map(lambda x: jax.sharding.NamedSharding(by_host, x.sharding.spec), tree))
+
+
 def _host_part(sharding, shape):
     """The part of a NamedSharding on this process's devices, which must hold the whole array."""
     local = jax.sharding.NamedSharding(sharding.mesh.local_mesh, sharding.spec)

@@ -7,7 +7,9 @@ host's sampler and trainer devices are its own and a group never splits a tp gro
 across hosts. The trainer group holds the params, the optimizer state and the reference;
 the sampler group holds one copy of the params in the generation layout, replaced after
 each update by a device-to-device reshard (`TrainSession.publish_params`; with several
-processes each host copies its own replica between its own devices). With no split
+processes each host copies its own replica between its own devices, after params that the
+trainer's mesh splits across hosts are gathered into one replica per host on the trainer
+group). With no split
 both groups are all devices and the sampler copy is made per rollout.
 
 What several processes agree on (tasks/multihost.py) goes through the distributed
@@ -138,16 +140,6 @@ def check_cpu_concurrency(sampler: list, trainer: list, cores: int | None = None
                         "(--xla_force_host_platform_device_count)")
 
 
-def check_host_local_trainer(shape: dict, trainer_local: int, num_processes: int) -> None:
-    """A UserError for a split of several processes whose trainer mesh would split the params
-    across hosts: each host copies its own whole replica to its sampler devices."""
-    if num_processes > 1 and shape["fsdp"] * shape["tp"] > trainer_local:
-        raise UserError(f"mesh.shape fsdp*tp={shape['fsdp'] * shape['tp']} splits the params across hosts, but with "
-                        "mesh.sampler_devices on several hosts each host's trainer devices hold whole params (it copies "
-                        f"them to its own sampler devices); use fsdp*tp <= {trainer_local} (dp across hosts) or "
-                        "mesh.shape auto")
-
-
 def trainer_device_count(sampler_devices: int, device_count: int) -> int:
     """Devices the trainer group has (the batch is divided over them)."""
     return device_count - sampler_devices
@@ -199,9 +191,7 @@ def run_meshes(cfg, hosts: int, sampler: list, trainer: list):
         mesh = make_mesh(trainer_shape, trainer)
         return mesh, mesh
     check_cpu_concurrency(sampler, trainer)
-    mesh, sampler_mesh = split_meshes(sampler, trainer, trainer_shape, auto_mesh_shape(hosts, len(sampler) // hosts))
-    check_host_local_trainer(dict(mesh.shape), len(trainer) // hosts, hosts)
-    return mesh, sampler_mesh
+    return split_meshes(sampler, trainer, trainer_shape, auto_mesh_shape(hosts, len(sampler) // hosts))
 
 
 def mesh_shape(cfg, num_processes: int, local_devices: int) -> dict | None:

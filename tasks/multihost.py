@@ -1,4 +1,4 @@
-"""What several JAX processes must agree on, and the collectives that make them agree.
+"""What several JAX processes must agree on, and how they agree.
 
 Every process runs the same phases in lockstep. A phase that runs a collective
 (rollout, update, eval) must be computed by all processes or by none, so cache hits are

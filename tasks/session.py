@@ -20,7 +20,7 @@ from grpo_core import lora as lora_lib
 from grpo_core.artifacts import atomic_write_bytes
 from grpo_core.checkpoint import Checkpoints, SaveTimes
 from grpo_core.errors import UserError
-from grpo_core.layouts import bytes_per_device, generation_mesh, to_generation_layout
+from grpo_core.layouts import bytes_per_device, generation_mesh, host_replicas, to_generation_layout
 from grpo_core.accelerators import Accelerator, tpu_generation
 from grpo_core.models.model import Model
 from grpo_core.optim import build_lr_schedule, build_optimizer
@@ -178,7 +178,12 @@ class TrainSession(RunPlan):
             return
         self.dispatch.check("params transfer")
         # With LoRA the merge runs here, on the trainer's devices; only merged weights cross.
-        self.sampler.run(self._receive_params, self._policy_weights(), self.params_version)
+        # With several processes each host copies its own replica (grpo_core.layouts.place):
+        # params split across hosts are first gathered into one per host, on the trainer group.
+        weights = self._policy_weights()
+        if self.num_processes > 1:
+            weights = host_replicas(weights)
+        self.sampler.run(self._receive_params, weights, self.params_version)
 
     def _receive_params(self, params, version: int) -> None:
         self.sampler_params = None  # the old copy goes before the new one arrives

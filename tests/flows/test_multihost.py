@@ -163,7 +163,8 @@ def test_a_split_over_two_processes_overlaps_matches_one_process_and_resumes(tmp
     """mesh.sampler_devices=2 on 2 processes x 2 devices: each process gives one device to
     sampling and one to training (as many devices as this 2-core machine runs at once). The
     rollout of step k+1 runs beside the update of step k; the run samples what one process
-    with the same split samples; kill -9 of one process, restart of both: the same params."""
+    with the same split samples, with the trainer's fsdp inside each host or across both;
+    kill -9 of one process, restart of both: the same params."""
     from test_device_split import overlapping_steps
 
     config = split_config(tmp_path)
@@ -176,6 +177,14 @@ def test_a_split_over_two_processes_overlaps_matches_one_process_and_resumes(tmp
         assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
         assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
     assert overlapping_steps(got), [{k: v for k, v in m.items() if "busy" in k} for m in got]
+    # A trainer mesh whose fsdp spans both hosts: the params are gathered into one replica per
+    # host on the trainer group before each host copies its own to its sampler device.
+    port, across = free_port(), ("--set", "mesh.shape={dp: 1, fsdp: 2, tp: 1}")
+    procs = [launch(config, tmp_path / "across", 2, i, 2, port, across) for i in range(2)]
+    assert wait_all(procs) == [0, 0], (tmp_path / "across-p0.log").read_text()[-3000:]
+    for ours, ref in zip(metrics(tmp_path / "across"), expected):
+        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
+        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
 
     run_dir = tmp_path / "killed"
     procs = run_two(config, run_dir)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from grpo_core.errors import UserError
-from tasks.device_groups import check_cpu_concurrency, check_host_local_trainer, split_devices
+from tasks.device_groups import check_cpu_concurrency, split_devices
 from tasks.dispatch import GroupThread, WrongDispatchThread
 
 
@@ -45,27 +45,6 @@ def test_cpu_processes_with_more_devices_than_cores_are_refused():
     check_cpu_concurrency(sampler, trainer, cores=4)  # one worker per device
     one_host = [SimpleNamespace(id=i, process_index=0, platform="cpu") for i in range(8)]
     check_cpu_concurrency(*split_devices(4, one_host), cores=2)  # one process: in-process collectives
-
-
-def test_a_trainer_mesh_that_splits_params_across_hosts_is_refused_for_a_split():
-    with pytest.raises(UserError, match="fsdp\\*tp=4 splits the params across hosts"):
-        check_host_local_trainer({"dp": 1, "fsdp": 4, "tp": 1}, trainer_local=2, num_processes=2)
-    check_host_local_trainer({"dp": 2, "fsdp": 2, "tp": 1}, trainer_local=2, num_processes=2)
-
-
-def test_the_group_thread_owns_its_programs_and_runs_calls_in_order():
-    group = GroupThread("test-sampler")
-    try:
-        seen = []
-        for i in range(5):
-            group.submit(seen.append, i)
-        assert group.run(lambda: threading.current_thread().name).startswith("test-sampler")
-        assert seen == list(range(5))
-        group.run(group.owner.check, "rollout")  # its own thread passes
-        with pytest.raises(WrongDispatchThread, match="test-sampler"):
-            group.owner.check("rollout")  # this thread does not own the group
-    finally:
-        group.close()
 
 
 def test_a_tpu_slice_of_several_hosts_splits_into_two_slabs_of_its_torus():
