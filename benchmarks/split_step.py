@@ -20,13 +20,15 @@ of a real time; the ratio between the two steps is the figure to read.
     synchronous step = rollout(all chips) + update(all chips)
     split step       = max(rollout(S chips), update(the other chips)) + publish
     publish          = the sampler's copy of the weights one sampler chip receives, over ICI
+                       (plus, on several hosts with the trainer's params split across them,
+                       the gather into one replica per host a trainer chip receives first)
 
 Host work (reward, advantage, Prefect) is left out of both. A split of a slice of several
 hosts is the one `grpo train` makes: each host gives the same share of its chips to each
 group, the two groups slabs of the chip torus (tasks/device_groups.py).
 
     python -m benchmarks.split_step run [--config FILE ...] [--slices v6e-8,v6e-16]
-        [--splits half|all|S,...] [--jsonl FILE]      one child process per program set
+        [--splits half|all|S,...] [--set K=V ...] [--jsonl FILE]   one child process per program set
     python -m benchmarks.split_step report [--jsonl FILE]    the markdown table
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ DEFAULT_JSONL = Path(__file__).parent / "results" / "split_step.jsonl"
 GIB = 1024**3
 
 
-def measure(config: str, slice_name: str, sampler_devices: str) -> dict:
+def measure(config: str, slice_name: str, sampler_devices: str, *extra: str) -> dict:
     """Compile one cell's rollout and update (in the child process) and read their costs."""
     from benchmarks.tpu_roofline import rollout_fields
     from flows.compile_check import phase_programs
@@ -53,12 +55,13 @@ def measure(config: str, slice_name: str, sampler_devices: str) -> dict:
     from schemas import load_run_config
 
     split = int(sampler_devices)
-    overrides = [f"mesh.sampler_devices={split}", "rollout.max_staleness=1"] if split else []
+    overrides = [f"mesh.sampler_devices={split}", "rollout.max_staleness=1", *extra] if split else []
     cfg = load_run_config(config, overrides)
     acc = get_accelerator(slice_name)
     hosts = acc.hosts  # several: each host gives split / hosts of its chips (tasks/device_groups.py)
     built = phase_programs(cfg, acc)
     row = {"config": config, "slice": slice_name, "hosts": hosts, "sampler_devices": split,
+           **({"overrides": list(extra)} if split and extra else {}),
            "trainer_devices": acc.chips - split if split else acc.chips, "sampler_chips": split or acc.chips,
            "mesh": dict(built.mesh.shape), "micro_batches": built.derived.grad_accum_steps,
            "remat": cfg.model.remat, "capacity_bytes": acc.capacity_bytes}
@@ -92,7 +95,18 @@ def measure(config: str, slice_name: str, sampler_devices: str) -> dict:
             passes = 3 if cfg.model.remat else 2
             row["update"] = {"flops": cost.flops, "collective_bytes": cost.total_collective_bytes,
                              "hbm_bytes_lower_bound": passes * built.derived.grad_accum_steps * weights + 2 * 4 * state}
+    trainer_local, shards = row["trainer_devices"] // hosts, built.mesh.shape["fsdp"] * built.mesh.shape["tp"]
+    if split and shards > trainer_local and "rollout" in row:  # gathered into one replica per host first
+        weight_bytes = row["rollout"]["weight_bytes"]
+        row["publish_gather_bytes_per_trainer_chip"] = weight_bytes // trainer_local - weight_bytes // shards
     return row
+
+
+def publish_seconds(row: dict) -> float:
+    """The params transfer of a split: the host replicas' gather on the trainer chips (when
+    their mesh splits the params across hosts), then the copy a sampler chip receives."""
+    moved = row.get("publish_gather_bytes_per_trainer_chip", 0) + row["publish_bytes_per_sampler_chip"]
+    return moved / _rate(row["slice"])["ici"]
 
 
 def rollout_seconds(row: dict) -> float | None:
@@ -126,8 +140,7 @@ def step_seconds(row: dict) -> float | None:
         return None
     if not row["sampler_devices"]:
         return rollout + update[0]
-    publish = row["publish_bytes_per_sampler_chip"] / _rate(row["slice"])["ici"]
-    return max(rollout, update[0]) + publish
+    return max(rollout, update[0]) + publish_seconds(row)
 
 
 def candidate_splits(slice_name: str, how: str) -> list[int]:
@@ -141,16 +154,18 @@ def candidate_splits(slice_name: str, how: str) -> list[int]:
     return [int(s) for s in how.split(",")]
 
 
-def run(configs, slices, splits: str, jsonl: Path) -> None:
+def run(configs, slices, splits: str, jsonl: Path, overrides: tuple = ()) -> None:
+    """Measure every cell not in `jsonl` yet; `overrides` (--set) apply to the splits only."""
     jsonl.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["config"], r["slice"], r["sampler_devices"]) for r in _read(jsonl)}
+    done = {(r["config"], r["slice"], r["sampler_devices"], tuple(r.get("overrides", ()))) for r in _read(jsonl)}
     for slice_name in slices:
         for config in configs:
             for split in [0, *candidate_splits(slice_name, splits)]:
-                if (config, slice_name, split) in done:
+                extra = tuple(overrides) if split else ()
+                if (config, slice_name, split, extra) in done:
                     continue
                 started = time.perf_counter()
-                rows = run_child("benchmarks.split_step", [config, slice_name, str(split)], jsonl)
+                rows = run_child("benchmarks.split_step", [config, slice_name, str(split), *extra], jsonl)
                 if rows is None:  # libtpu itself failed: record it, so the table says so
                     rows = [{"config": config, "slice": slice_name, "sampler_devices": split,
                              "child_error": "the compile process failed (see stderr)"}]
@@ -184,9 +199,9 @@ def report_rows(rows: list[dict]) -> str:
         kind = "split" if split else "synchronous"
         if split and row.get("hosts", 1) > 1:
             per_host, chips = row["sampler_devices"] // row["hosts"], row["sampler_devices"] + row["trainer_devices"]
-            kind += f" ({per_host} of each host's {chips // row['hosts']})"
-        publish = f"{1e3 * row['publish_bytes_per_sampler_chip'] / _rate(row['slice'])['ici']:.1f}" if split and \
-            "publish_bytes_per_sampler_chip" in row else "-"
+            mesh = " ".join(f"{a}={n}" for a, n in row["mesh"].items() if n > 1)
+            kind += f" ({per_host} of each host's {chips // row['hosts']}; trainer {mesh})"
+        publish = f"{1e3 * publish_seconds(row):.1f}" if split and "publish_bytes_per_sampler_chip" in row else "-"
         xla = " / ".join(f"{row[f'{p}_xla_bytes'] / GIB:.2f}" if f"{p}_xla_bytes" in row else "error"
                          for p in ("rollout", "update"))
         lines.append(
@@ -208,11 +223,13 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", default="v6e-8,v6e-16")
     parser.add_argument("--splits", default="half", help="half (default), all (every quarter of the chips), or S,S,...")
     parser.add_argument("--jsonl", type=Path, default=DEFAULT_JSONL)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override for the split cells, e.g. 'mesh.shape={dp: 1, fsdp: 8, tp: 1}'")
     args = parser.parse_args(argv)
     if args.mode == "child":
         print(json.dumps(measure(*args.cell)))
     elif args.mode == "run":
-        run(args.config or CONFIGS, args.slices.split(","), args.splits, args.jsonl)
+        run(args.config or CONFIGS, args.slices.split(","), args.splits, args.jsonl, tuple(args.overrides))
         print(report(args.jsonl))
     else:
         print(report(args.jsonl))
