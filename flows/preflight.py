@@ -137,9 +137,8 @@ def build_group_workloads(cfg: RunConfig, accelerator: Accelerator) -> tuple[Wor
 
     With mesh.sampler_devices = S the run (tasks/session.py) trains on the other chips
     (mesh.shape describes them, the batch is divided over them), and samples on the first
-    S (on several hosts: S / hosts of each host's, dp across hosts) with the params
-    resharded onto fsdp over them in the weights layout the run resolves on the trainer's
-    chips."""
+    S (on several hosts: S / hosts of each host's) with the params resharded onto fsdp
+    over them in the weights layout the run resolves on the trainer's chips."""
     sampler_chips = cfg.mesh.sampler_devices
     if sampler_chips and accelerator.hosts > 1 and accelerator.kind == "tpu":  # chips the run could give
         grid = tuple(int(n) for n in accelerator.topology.split(":")[1].split("x"))
@@ -149,7 +148,7 @@ def build_group_workloads(cfg: RunConfig, accelerator: Accelerator) -> tuple[Wor
         return build_workload(cfg, accelerator)[0], None, derived
     trainer, _ = build_workload(cfg, dataclasses.replace(accelerator, chips=accelerator.chips - sampler_chips))
     hosts = accelerator.hosts
-    sampler = dataclasses.replace(trainer, mesh=(("dp", hosts), ("fsdp", sampler_chips // hosts), ("tp", 1)),
+    sampler = dataclasses.replace(trainer, mesh=(("dp", 1), ("fsdp", sampler_chips), ("tp", 1)),
                                   generation_mesh=None, sampler_group=True)
     sampler = with_weights_layout(sampler, trainer.weights_layout, sampler_chips // hosts)
     return dataclasses.replace(trainer, generation_mesh=None), sampler, derived

@@ -117,38 +117,47 @@ def to_generation_layout(params, cfg: ModelConfig, mesh: Mesh):
 def place(tree, shardings):
     """`tree` put at `shardings` device to device. Between two device sets that span
     several processes (a split's trainer and sampler groups) jax reshards only within one
-    set, so each process copies its own whole replica between its own devices: nothing
-    crosses hosts. That needs every leaf whole on each process at both ends (sharded only
-    over axes inside a host), else a ValueError."""
+    set, so each process copies its own whole replica between its own devices (nothing
+    crosses hosts), onto the target's devices laid out host by host when the target
+    splits a leaf across hosts, which one reshard within the target's devices then makes
+    (a program of the target group). Every leaf of `tree` must be whole on each process
+    (`host_replicas`), else a ValueError."""
     leaves, shards = jax.tree.leaves(tree), jax.tree.leaves(shardings)
     if all(x.is_fully_addressable for x in leaves) or all(x.sharding.device_set == s.device_set
                                                          for x, s in zip(leaves, shards)):
         return jax.device_put(tree, shardings)
+    landing = [s if _whole(s, x.shape) else _by_host(s) for x, s in zip(leaves, shards)]
     local = [jax.make_array_from_single_device_arrays(x.shape, _host_part(x.sharding, x.shape),
                                                       [s.data for s in x.addressable_shards]) for x in leaves]
-    moved = jax.device_put(local, [_host_part(s, x.shape) for x, s in zip(leaves, shards)])
+    moved = jax.device_put(local, [_host_part(s, x.shape) for x, s in zip(leaves, landing)])
     placed = [jax.make_array_from_single_device_arrays(x.shape, s, [p.data for p in m.addressable_shards])
-              for x, s, m in zip(leaves, shards, moved)]
+              for x, s, m in zip(leaves, landing, moved)]
+    if any(s is not t for s, t in zip(landing, shards)):
+        placed = jax.device_put(placed, shards)
     return jax.tree.unflatten(jax.tree.structure(tree), placed)
 
 
 def host_replicas(tree):
-    """`tree` (NamedSharding leaves on one mesh) with every leaf whole on each process: the
-    leaves sharded across processes are resharded, within the same devices, onto the mesh's
-    devices laid out host by host (dp across hosts, the leaf's own spec inside each host).
-    One program of the trainer group, before a split's host-by-host copy (`place`); a
-    no-op for leaves already whole on every process."""
-    def whole_on_each_host(x):
-        try:
-            _host_part(x.sharding, x.shape)
-            return True
-        except ValueError:
-            return False
-
+    """`tree` (NamedSharding leaves) with every leaf whole on each process: the leaves
+    sharded across processes are resharded, within the same devices, onto those devices
+    laid out host by host (dp across hosts, the leaf's own spec inside each host). One
+    program of the trainer group, before a split's host-by-host copy (`place`); a no-op
+    for leaves already whole on every process."""
     leaves = jax.tree.leaves(tree)
-    if all(x.is_fully_addressable or whole_on_each_host(x) for x in leaves):
+    if all(x.is_fully_addressable or _whole(x.sharding, x.shape) for x in leaves):
         return tree
-    mesh = leaves[0].sharding.mesh
+    return jax.device_put(tree, jax.tree.map(lambda x: _by_host(x.sharding), tree))
+
+
+def _whole(sharding, shape) -> bool:
+    """Whether every process holds the whole of an array of `shape` at `sharding`."""
+    return jax.sharding.NamedSharding(sharding.mesh.local_mesh, sharding.spec).shard_shape(shape) == \
+        sharding.shard_shape(shape)
+
+
+def _by_host(sharding):
+    """`sharding`'s spec over its devices laid out host by host: [hosts, local // tp, tp]."""
+    mesh = sharding.mesh
     hosts: dict[int, list] = {}
     for d in mesh.devices.flat:
         hosts.setdefault(d.process_index, []).append(d)
@@ -156,17 +165,15 @@ def host_replicas(tree):
     if local % tp:
         raise ValueError(f"tp={tp} does not divide the {local} devices each process has of mesh {dict(mesh.shape)}")
     grid = np.asarray([d for _, ds in sorted(hosts.items()) for d in ds], dtype=object)
-    by_host = Mesh(grid.reshape(len(hosts), local // tp, tp), MESH_AXES)
-    return jax.device_put(tree, jax.tree.map(lambda x: jax.sharding.NamedSharding(by_host, x.sharding.spec), tree))
+    return jax.sharding.NamedSharding(Mesh(grid.reshape(len(hosts), local // tp, tp), MESH_AXES), sharding.spec)
 
 
 def _host_part(sharding, shape):
     """The part of a NamedSharding on this process's devices, which must hold the whole array."""
-    local = jax.sharding.NamedSharding(sharding.mesh.local_mesh, sharding.spec)
-    if local.shard_shape(shape) != sharding.shard_shape(shape):
+    if not _whole(sharding, shape):
         raise ValueError(f"an array of shape {shape} sharded as {sharding.spec} over mesh {dict(sharding.mesh.shape)} "
                          "is split across processes; only arrays whole on every process are copied host by host")
-    return local
+    return jax.sharding.NamedSharding(sharding.mesh.local_mesh, sharding.spec)
 
 
 def bytes_per_device(tree) -> int:

@@ -7,9 +7,10 @@ host's sampler and trainer devices are its own and a group never splits a tp gro
 across hosts. The trainer group holds the params, the optimizer state and the reference;
 the sampler group holds one copy of the params in the generation layout, replaced after
 each update by a device-to-device reshard (`TrainSession.publish_params`; with several
-processes each host copies its own replica between its own devices, after params that the
+processes each host copies its own replica between its own devices: params that the
 trainer's mesh splits across hosts are gathered into one replica per host on the trainer
-group). With no split
+group first, and the sampler group reshards its copy onto its own layout after,
+grpo_core.layouts.place). With no split
 both groups are all devices and the sampler copy is made per rollout.
 
 What several processes agree on (tasks/multihost.py) goes through the distributed
@@ -157,8 +158,8 @@ def split_meshes(sampler: list, trainer: list, trainer_shape: dict | None, sampl
     """(trainer mesh, sampler mesh) of a split (the two device lists of `split_devices`):
     each group's mesh over its own devices. In one process, on a TPU slice, a mesh needs
     its chips to form a block of the chip grid; a split whose groups do not is a
-    UserError. A group of several processes is laid out host by host (dp across hosts,
-    each host's devices in chip order), as `split_devices` chose them."""
+    UserError. A group of several processes is laid out host by host (each host's devices
+    in chip order, as `split_devices` chose them; the outermost axis across hosts)."""
     from grpo_core.sharding import make_mesh
 
     if len(by_process(sampler)) > 1:
@@ -191,7 +192,9 @@ def run_meshes(cfg, hosts: int, sampler: list, trainer: list):
         mesh = make_mesh(trainer_shape, trainer)
         return mesh, mesh
     check_cpu_concurrency(sampler, trainer)
-    return split_meshes(sampler, trainer, trainer_shape, auto_mesh_shape(hosts, len(sampler) // hosts))
+    # The sampler group: fsdp over all its devices, on several hosts too (a decode step reads
+    # each chip's share of the weights; dp across hosts would give each chip a host's share).
+    return split_meshes(sampler, trainer, trainer_shape, None)
 
 
 def mesh_shape(cfg, num_processes: int, local_devices: int) -> dict | None:

@@ -169,7 +169,7 @@ def test_compile_check_compiles_each_group_for_its_own_chips_of_v6e_8():
 def test_a_split_of_v6e_16_gives_each_host_half_its_chips_in_two_torus_slabs_and_compiles():
     # v6e-16: 4 hosts of 2x2 chips on a 4x4 grid. Each host gives 2 chips to sampling; the
     # samplers are columns 1-2 and the trainers columns 3 and 0 (a slab across the torus's
-    # wrap-around), each group dp across the hosts, so no fsdp or tp group leaves a host.
+    # wrap-around).
     from flows import compile_check
     from flows.preflight import resolve_model_config
     from tasks.device_groups import grid_chips
@@ -180,12 +180,13 @@ def test_a_split_of_v6e_16_gives_each_host_half_its_chips_in_two_torus_slabs_and
     assert [(tuple(d.coords), d.process_index) for d in devices] == [
         (c.coords, c.process_index) for c in grid_chips((4, 4), acc.host_bounds)]  # what preflight decides on
     cfg = tiny_config("rollout.batch_size=16", "rollout.n=2", "model.dtype=bfloat16", "mesh.sampler_devices=8",
-                      "rollout.max_staleness=1")
+                      "rollout.max_staleness=1", "rollout.weights_layout=fsdp")
     mesh, gen = compile_check.group_meshes(cfg, acc, devices, resolve_model_config(cfg.model.name_or_path))
     assert {d.coords[0] for d in gen.devices.flat} == {1, 2} and {d.coords[0] for d in mesh.devices.flat} == {0, 3}
+    rows = mesh.devices.reshape(mesh.shape["dp"], -1)  # mesh.shape auto: dp across hosts, fsdp inside each
+    assert [len({d.process_index for d in row}) for row in rows] == [1] * 4
+    assert dict(gen.shape) == {"dp": 1, "fsdp": 8, "tp": 1}  # the samplers: fsdp over all 8, across hosts
     for group in (mesh, gen):
-        rows = group.devices.reshape(group.shape["dp"], -1)
-        assert [len({d.process_index for d in row}) for row in rows] == [1] * len(rows)  # no row leaves a host
         assert sorted(d.process_index for d in group.devices.flat) == [0, 0, 1, 1, 2, 2, 3, 3]
     compiled = compile_check.compile_config(cfg, acc, ("rollout", "update"))
     assert all(r.error is None and r.xla_bytes > 0 for r in compiled.values()), compiled
