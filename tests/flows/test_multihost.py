@@ -89,9 +89,7 @@ def test_two_processes_match_one_process_with_the_same_global_config(single, tmp
     assert wait_all(run_two(config, run_dir)) == [0, 0], (tmp_path / "run-p0.log").read_text()[-3000:]
     got = metrics(run_dir)
     assert [m["step"] for m in got] == [0, 1]
-    for ours, ref in zip(got, expected):
-        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
-        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
+    assert_same_training(got, expected)
     assert any(abs(m["loss"]) > 0 for m in got), "the tiny run must actually train"
     for step in range(2):
         folder = run_dir / "steps" / f"step-{step:06d}"
@@ -100,24 +98,37 @@ def test_two_processes_match_one_process_with_the_same_global_config(single, tmp
             assert shards == [f"{phase}.p0of2.{suffix}", f"{phase}.p1of2.{suffix}"]
 
 
-def test_kill_9_of_one_process_then_restart_of_both_finishes(single, tmp_path):
-    config = write_config(tmp_path, steps=3)
-    straight_dir = tmp_path / "straight"
-    assert wait_all(run_two(config, straight_dir)) == [0, 0]
-    run_dir = tmp_path / "run"
-    procs = run_two(config, run_dir)
+def kill_one_when(procs, path: Path) -> None:
+    """SIGKILL process 1 once `path` exists; the survivor, waiting for its dead peer (in a
+    collective or the key-value store), is killed too if it has not exited within 20 s."""
     deadline = time.time() + 1200
-    while not (run_dir / "steps" / "step-000001" / "reward.p1of2.parquet").exists():
+    while not path.exists():
         assert time.time() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.05)
     procs[1].send_signal(signal.SIGKILL)
     procs[1].wait()
-    try:  # the survivor is stuck in (or about to enter) a collective with a dead peer
+    try:
         procs[0].wait(timeout=20)
     except subprocess.TimeoutExpired:
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
     wait_all(procs)
+
+
+def assert_same_training(got: list[dict], expected: list[dict]) -> None:
+    """Per-step rewards equal (the same prompts and keys), losses within 1e-4."""
+    assert [m["step"] for m in got] == [m["step"] for m in expected]
+    for ours, ref in zip(got, expected):
+        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
+        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
+
+
+def test_kill_9_of_one_process_then_restart_of_both_finishes(single, tmp_path):
+    config = write_config(tmp_path, steps=3)
+    straight_dir = tmp_path / "straight"
+    assert wait_all(run_two(config, straight_dir)) == [0, 0]
+    run_dir = tmp_path / "run"
+    kill_one_when(run_two(config, run_dir), run_dir / "steps" / "step-000001" / "reward.p1of2.parquet")
     assert wait_all(run_two(config, run_dir)) == [0, 0], (tmp_path / "run-p0.log").read_text()[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["params_sha256"] == json.loads((straight_dir / "summary.json").read_text())["params_sha256"]
@@ -144,9 +155,7 @@ def test_lora_on_two_processes_matches_one_process(tmp_path):
     assert wait_all(procs) == [0, 0], (tmp_path / "two-p0.log").read_text()[-3000:]
     expected, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["step"] for m in got] == [0, 1]
-    for ours, ref in zip(got, expected):
-        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
-        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
+    assert_same_training(got, expected)
     assert any(abs(m["loss"]) > 0 for m in got), "the adapters must actually train"
 
 
@@ -173,33 +182,17 @@ def test_a_split_over_two_processes_overlaps_matches_one_process_and_resumes(tmp
     expected, got = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["rollout_params_version"] for m in got] == [0, 0, 1]
     assert all(m["weights_reshard_seconds"] > 0 for m in got)  # each host copied its params across
-    for ours, ref in zip(got, expected):
-        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
-        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
+    assert_same_training(got, expected)
     assert overlapping_steps(got), [{k: v for k, v in m.items() if "busy" in k} for m in got]
     # A trainer mesh whose fsdp spans both hosts: the params are gathered into one replica per
     # host on the trainer group before each host copies its own to its sampler device.
     port, across = free_port(), ("--set", "mesh.shape={dp: 1, fsdp: 2, tp: 1}")
     procs = [launch(config, tmp_path / "across", 2, i, 2, port, across) for i in range(2)]
     assert wait_all(procs) == [0, 0], (tmp_path / "across-p0.log").read_text()[-3000:]
-    for ours, ref in zip(metrics(tmp_path / "across"), expected):
-        assert ours["reward_mean"] == pytest.approx(ref["reward_mean"], abs=1e-6)
-        assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-4)
+    assert_same_training(metrics(tmp_path / "across"), expected)
 
     run_dir = tmp_path / "killed"
-    procs = run_two(config, run_dir)
-    deadline = time.time() + 1200
-    while not (run_dir / "steps" / "step-000001" / "advantage.p1of2.parquet").exists():
-        assert time.time() < deadline and all(p.poll() is None for p in procs)
-        time.sleep(0.05)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
-    try:  # the survivor waits for its dead peer (a collective or the key-value store)
-        procs[0].wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        procs[0].send_signal(signal.SIGKILL)
-        procs[0].wait()
-    wait_all(procs)
+    kill_one_when(run_two(config, run_dir), run_dir / "steps" / "step-000001" / "advantage.p1of2.parquet")
     assert wait_all(run_two(config, run_dir)) == [0, 0], (tmp_path / "killed-p0.log").read_text()[-3000:]
     sha = json.loads((run_dir / "summary.json").read_text())["params_sha256"]
     assert sha == json.loads((tmp_path / "two" / "summary.json").read_text())["params_sha256"]
