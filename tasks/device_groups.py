@@ -192,6 +192,11 @@ def run_meshes(cfg, hosts: int, sampler: list, trainer: list):
         mesh = make_mesh(trainer_shape, trainer)
         return mesh, mesh
     check_cpu_concurrency(sampler, trainer)
+    tp, trainer_local = (trainer_shape or {}).get("tp", 1), len(trainer) // hosts
+    if hosts > 1 and trainer_local % tp:
+        raise UserError(f"mesh.shape tp={tp} does not divide the {trainer_local} trainer devices of each host, so a "
+                        f"tp group would span hosts; with mesh.sampler_devices={len(sampler)} on {hosts} hosts use a tp "
+                        f"that divides {trainer_local}")
     # The sampler group: fsdp over all its devices, on several hosts too (a decode step reads
     # each chip's share of the weights; dp across hosts would give each chip a host's share).
     return split_meshes(sampler, trainer, trainer_shape, None)

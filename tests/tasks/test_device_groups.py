@@ -60,3 +60,29 @@ def test_a_tpu_slice_of_several_hosts_splits_into_two_slabs_of_its_torus():
     assert {c.coords[0] for c in sampler} == {1, 2}
     with pytest.raises(UserError, match="no slab"):
         split_devices(32, grid_chips((8, 8), (2, 2, 1)))  # 4 hosts along each axis: no slab holds 2 of each
+
+
+def test_a_trainer_tp_group_never_spans_hosts_in_a_split():
+    from tasks.device_groups import run_meshes
+
+    chips = [SimpleNamespace(id=i, process_index=i // 4, platform="tpu") for i in range(8)]
+    sampler, trainer = split_devices(4, chips)  # 2 of each host's 4 chips train
+    shape = SimpleNamespace(model_dump=lambda: {"dp": 1, "fsdp": 1, "tp": 4})
+    cfg = SimpleNamespace(mesh=SimpleNamespace(shape=shape, sampler_devices=4))
+    with pytest.raises(UserError, match="mesh.shape tp=4 does not divide the 2 trainer devices of each host"):
+        run_meshes(cfg, 2, sampler, trainer)
+
+
+def test_the_group_thread_owns_its_programs_and_runs_calls_in_order():
+    group = GroupThread("test-sampler")
+    try:
+        seen = []
+        for i in range(5):
+            group.submit(seen.append, i)
+        assert group.run(lambda: threading.current_thread().name).startswith("test-sampler")
+        assert seen == list(range(5))
+        group.run(group.owner.check, "rollout")  # its own thread passes
+        with pytest.raises(WrongDispatchThread, match="test-sampler"):
+            group.owner.check("rollout")  # this thread does not own the group
+    finally:
+        group.close()
