@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from grpo_core.errors import UserError
 from grpo_core.models.config import ModelConfig
 from grpo_core.models.decoder import param_logical_axes
-from grpo_core.sharding import MESH_AXES, make_mesh, mesh_sizes, tree_shardings
+from grpo_core.sharding import MESH_AXES, by_process, host_major_mesh, make_mesh, tree_shardings
 
 LAYOUTS = ("replicated", "tp", "fsdp")
 
@@ -78,7 +78,7 @@ def generation_mesh(mesh: Mesh, layout: str, cfg: ModelConfig, local_devices: in
     except AssertionError:  # mesh_utils: a group of several hosts' chips that is no block of the grid
         if not several_hosts:
             raise
-        return Mesh(np.asarray(devices, dtype=object).reshape(mesh_sizes(shape, len(devices))), MESH_AXES)
+        return host_major_mesh(shape, devices)
 
 
 def host_local_tp_grid(devices, tp: int) -> np.ndarray:
@@ -158,14 +158,12 @@ def _whole(sharding, shape) -> bool:
 def _by_host(sharding):
     """`sharding`'s spec over its devices laid out host by host: [hosts, local // tp, tp]."""
     mesh = sharding.mesh
-    hosts: dict[int, list] = {}
-    for d in mesh.devices.flat:
-        hosts.setdefault(d.process_index, []).append(d)
+    hosts = by_process(mesh.devices.flat)
     local, tp = len(next(iter(hosts.values()))), mesh.shape["tp"]
     if local % tp:
         raise ValueError(f"tp={tp} does not divide the {local} devices each process has of mesh {dict(mesh.shape)}")
-    grid = np.asarray([d for _, ds in sorted(hosts.items()) for d in ds], dtype=object)
-    return jax.sharding.NamedSharding(Mesh(grid.reshape(len(hosts), local // tp, tp), MESH_AXES), sharding.spec)
+    shape = {"dp": len(hosts), "fsdp": local // tp, "tp": tp}
+    return jax.sharding.NamedSharding(host_major_mesh(shape, [d for ds in hosts.values() for d in ds]), sharding.spec)
 
 
 def _host_part(sharding, shape):

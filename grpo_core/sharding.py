@@ -63,6 +63,21 @@ def make_mesh(shape: dict[str, int] | None = None, devices=None) -> Mesh:
     return Mesh(grid, MESH_AXES)
 
 
+def by_process(devices) -> dict[int, list]:
+    """Each process's devices in the order given, processes in index order."""
+    hosts: dict[int, list] = {}
+    for d in devices:
+        hosts.setdefault(d.process_index, []).append(d)
+    return dict(sorted(hosts.items()))
+
+
+def host_major_mesh(shape: dict[str, int] | None, devices) -> Mesh:
+    """A mesh of `shape` over `devices` in the order given (host by host), without
+    mesh_utils' physical-block requirement."""
+    devices = list(devices)
+    return Mesh(np.asarray(devices, dtype=object).reshape(mesh_sizes(shape, len(devices))), MESH_AXES)
+
+
 def mesh_sizes(shape: dict[str, int] | None, n_devices: int) -> tuple[int, ...]:
     shape = {"fsdp": -1} if shape is None else dict(shape)
     unknown = set(shape) - set(MESH_AXES)

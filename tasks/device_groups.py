@@ -21,18 +21,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from grpo_core.errors import UserError
+from grpo_core.sharding import by_process, host_major_mesh
 from tasks.multihost import auto_mesh_shape, warn_if_fsdp_spans_hosts
-
-
-def by_process(devices) -> dict[int, list]:
-    """Each process's devices, in the order given."""
-    hosts: dict[int, list] = {}
-    for d in devices:
-        hosts.setdefault(d.process_index, []).append(d)
-    return dict(sorted(hosts.items()))
 
 
 def split_devices(sampler_devices: int, devices=None) -> tuple[list, list]:
@@ -58,9 +49,8 @@ def split_devices(sampler_devices: int, devices=None) -> tuple[list, list]:
                         f"{per_host} chips of every host, so the two groups cannot both be blocks of the grid; "
                         "use a multiple of the process count whose share per host is a whole row or column of "
                         "its chips (e.g. half of them), or 0 for no split")
-    chosen = {d.id for d in sampler}
-    return ([d for ds in hosts.values() for d in sorted(ds, key=_chip_order) if d.id in chosen],
-            [d for ds in hosts.values() for d in sorted(ds, key=_chip_order) if d.id not in chosen])
+    chosen, ordered = {d.id for d in sampler}, [d for ds in hosts.values() for d in sorted(ds, key=_chip_order)]
+    return [d for d in ordered if d.id in chosen], [d for d in ordered if d.id not in chosen]
 
 
 def grid_chips(grid: tuple[int, ...], host_bounds: tuple[int, ...]) -> list:
@@ -170,15 +160,6 @@ def split_meshes(sampler: list, trainer: list, trainer_shape: dict | None, sampl
         raise UserError(f"mesh.sampler_devices={len(sampler)}: the first {len(sampler)} chips and the other "
                         f"{len(trainer)} do not both form a block of the slice's chip grid, so no mesh can be built "
                         "on them; choose a split whose two groups are blocks (e.g. half the chips)") from None
-
-
-def host_major_mesh(shape: dict | None, devices: list):
-    """A mesh of `shape` over `devices` in the order given (host by host)."""
-    from jax.sharding import Mesh
-
-    from grpo_core.sharding import MESH_AXES, mesh_sizes
-
-    return Mesh(np.asarray(devices, dtype=object).reshape(mesh_sizes(shape, len(devices))), MESH_AXES)
 
 
 def run_meshes(cfg, hosts: int, sampler: list, trainer: list):
